@@ -1,0 +1,330 @@
+"""Typed, frozen training configuration. YAML, ``--set`` overrides, Tune's search space and MLflow params all use
+the same dotted keys (``attack.eps``, ``arat.gamma``, ``optim.lr``...).
+
+Units: ``eps`` and ``step_size`` are in 1/255 of the [0, 1] pixel range; when ``step_size`` is left out it is
+``step_ratio * eps / steps`` (capped at eps), so a searched ``step_ratio`` keeps its meaning across eps and steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``field`` is the dotted key, the message says what is allowed."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field, message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["digits", "cifar10", "cifar100", "fake"] = "digits"
+    root: str = "data"
+    download: bool = False
+    val_size: int = 397
+    split_seed: int = 0
+    image_size: int = 16
+    augment: bool = False
+    train_limit: int = 0  # 0 = the whole training split; otherwise its first N examples (smoke runs)
+    fake_size: int = 512
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _require(self.val_size > 0, "val_size", f"must be > 0, got {self.val_size}")
+        _require(self.image_size in (8, 16, 32), "image_size", f"allowed: 8, 16, 32; got {self.image_size}")
+        _require(self.train_limit >= 0, "train_limit", f"must be >= 0 (0 = all), got {self.train_limit}")
+        _require(self.fake_size > self.val_size or self.dataset != "fake", "fake_size",
+                 f"must exceed data.val_size ({self.val_size}), got {self.fake_size}")
+        _require(self.num_classes >= 2, "num_classes", f"must be >= 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["small_cnn", "resnet18", "wrn34_10"] = "small_cnn"
+    width: int = 32  # small_cnn only
+    aligned_layers: tuple[str, ...] = ()  # empty = the architecture's default (DESIGN §2)
+
+    def __post_init__(self) -> None:
+        _require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    eps: float = 8.0  # in 1/255
+    steps: int = 10
+    step_size: float | None = None  # in 1/255; None = step_ratio * eps / steps
+    step_ratio: float = 2.5
+    norm: Literal["linf", "l2"] = "linf"
+    random_start: bool = True
+    restarts: int = 1  # evaluation only: an example counts as robust only if it survives every restart
+    legacy_inplace_noise: bool = False  # reproduce the authors' code's noisy-centre ball (training only)
+
+    def __post_init__(self) -> None:
+        _require(self.eps >= 0, "eps", f"must be >= 0 (in 1/255), got {self.eps}")
+        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(self.step_ratio > 0, "step_ratio", f"must be > 0, got {self.step_ratio}")
+        _require(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        if self.step_size is not None:
+            _require(self.step_size > 0, "step_size", f"must be > 0 (in 1/255), got {self.step_size}")
+            _require(self.step_size <= self.eps, "step_size",
+                     f"must be <= eps ({self.eps}), got {self.step_size}")
+
+    @property
+    def step(self) -> float:
+        """Step size in 1/255: explicit, or ``step_ratio * eps / steps`` capped at eps."""
+        if self.step_size is not None:
+            return self.step_size
+        return min(self.step_ratio * self.eps / self.steps, self.eps)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`arat_train.attacks.pgd_attack`, in [0, 1] pixel units."""
+        return {"eps": self.eps / 255.0, "step_size": self.step / 255.0, "steps": self.steps, "norm": self.norm,
+                "random_start": self.random_start}
+
+
+@dataclass(frozen=True)
+class ARATConfig:
+    gamma: float = 30.0  # invariance weight
+    predictor_ratio: float = 0.25  # predictor width r; 0 = no predictor
+    balance_samples: int = 1024  # training images on which the balance weight a is measured
+
+    def __post_init__(self) -> None:
+        _require(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
+        _require(0 <= self.predictor_ratio <= 4, "predictor_ratio", f"must be in [0, 4], got {self.predictor_ratio}")
+        _require(self.balance_samples >= 1, "balance_samples", f"must be >= 1, got {self.balance_samples}")
+
+
+@dataclass(frozen=True)
+class TradesConfig:
+    beta: float = 6.0
+
+    def __post_init__(self) -> None:
+        _require(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class SWAConfig:
+    enabled: bool = False
+    start: float = 0.76  # fraction of the epochs after which averaging starts
+    every: int = 500  # iterations between snapshots
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.start < 1, "start", f"must be in [0, 1), got {self.start}")
+        _require(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the total steps where lr is multiplied by lr_decay
+    lr_decay: float = 0.1
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(all(0 < m < 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
+                 "milestones", f"must be increasing fractions in (0, 1), got {list(self.milestones)}")
+        _require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+                 f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    attack: AttackConfig = AttackConfig(eps=8.0, steps=20, step_size=2.0)
+    batch_size: int = 256
+    max_examples: int = 0  # 0 = the whole validation split
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.max_examples >= 0, "max_examples", f"must be >= 0 (0 = all), got {self.max_examples}")
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    amp: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
+    compile: bool = False
+    num_threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["arat", "pgd_at", "trades"] = "arat"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    arat: ARATConfig = field(default_factory=ARATConfig)
+    trades: TradesConfig = field(default_factory=TradesConfig)
+    swa: SWAConfig = field(default_factory=SWAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+                 f"allowed: auto, cpu, cuda, cuda:N; got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a nested mapping; unknown keys, bad types and bad ranges raise :class:`ConfigError`."""
+        return _build(cls, data, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-Python form (tuples as lists), the inverse of :meth:`from_dict`."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """Flat ``{dotted.key: value}`` form, as logged to MLflow."""
+        return flatten(self.to_dict())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != isinstance(typing.get_args(tp)[0], bool):
+            raise ConfigError(key, f"allowed: {', '.join(repr(a) for a in typing.get_args(tp))}; got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+        return tuple(_convert(typing.get_args(tp)[0], v, key) for v in value)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(key, f"expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(prefix + str(unknown[0]), f"unknown key; allowed keys here: {', '.join(names)}")
+    kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(prefix + err.field, str(err).split(": ", 1)[1]) from None
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; nested mappings among the values are merged."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, f"{p!r} is a value, not a section")
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = deep_merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, recursively for nested mappings."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["optim.lr=0.05", "model.name=resnet18"]`` -> a nested mapping; values are parsed as YAML scalars."""
+    flat: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(pair, "an override must look like key.subkey=value")
+        flat[key.strip()] = yaml.safe_load(raw)
+    return unflatten(flat)
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML training config (or the defaults) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(str(path), "the file must hold a mapping of config sections")
+        data = loaded
+    return TrainConfig.from_dict(deep_merge(data, parse_overrides(overrides)))

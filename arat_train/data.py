@@ -1,0 +1,151 @@
+"""Data sets as in-memory tensors in [0, 1] (no mean/std normalisation), with a held-out validation split.
+
+Every data set is small enough to hold whole (CIFAR-10 is 150 MB as uint8), so batching, the per-epoch
+permutation and the crop+flip augmentation are batched tensor operations on whatever device the tensors live on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("digits", "cifar10", "cifar100", "fake")
+Split = Literal["train", "val", "test"]
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """Images ``x`` (N, C, H, W), uint8 or float in [0, 1], and labels ``y`` (N,) int64."""
+
+    x: Tensor
+    y: Tensor
+    num_classes: int
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> ArrayData:
+        return ArrayData(self.x.to(device), self.y.to(device), self.num_classes)
+
+    def subset(self, idx: Tensor) -> ArrayData:
+        return ArrayData(self.x[idx.to(self.x.device)], self.y[idx.to(self.y.device)], self.num_classes)
+
+
+def to_float(x: Tensor) -> Tensor:
+    """Images as float32 in [0, 1] (uint8 is divided by 255)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def _digits(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # (1797, 1, 8, 8) in [0, 1]
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x.numpy(), bunch.target.astype(np.int64)
+
+
+def _cifar(name: str, root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    from filelock import FileLock
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    root_path = Path(root).expanduser()
+    if not download and not root_path.is_dir():
+        raise FileNotFoundError(f"data.root: {root_path} does not exist (set data.download: true to fetch {name})")
+    root_path.mkdir(parents=True, exist_ok=True)
+    # Several trials on one node may start at once: one downloads, the others wait and then read.
+    with FileLock(str(root_path / f".{name}.lock")):
+        ds = cls(str(root_path), train=train, download=download)
+    x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # (N, 3, 32, 32) uint8
+    return x, np.asarray(ds.targets, dtype=np.int64)
+
+
+def _fake(size: int, image_size: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import FakeData
+    from torchvision.transforms.functional import pil_to_tensor
+
+    ds = FakeData(size=size, image_size=(3, image_size, image_size), num_classes=num_classes, random_offset=seed)
+    xs, ys = zip(*((pil_to_tensor(img), label) for img, label in ds), strict=True)
+    return torch.stack(xs).numpy(), np.asarray(ys, dtype=np.int64)
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A deterministic (train, val) split of ``range(n)``; the same ``seed`` gives the same split everywhere."""
+    if not 0 < val_size < n:
+        raise ValueError(f"data.val_size must be in (0, {n}), got {val_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def load_dataset(
+    name: str, split: Split, *, root: str = "data", val_size: int = 5000, split_seed: int = 0,
+    image_size: int = 16, download: bool = False, fake_size: int = 256, num_classes: int = 10,
+) -> ArrayData:
+    """Load ``split`` of data set ``name``; ``train`` and ``val`` are disjoint parts of the training set."""
+    if name == "digits":
+        x, y = _digits(image_size)
+        classes = 10
+    elif name in ("cifar10", "cifar100"):
+        x, y = _cifar(name, root, train=split != "test", download=download)
+        classes = 10 if name == "cifar10" else 100
+    elif name == "fake":
+        x, y = _fake(fake_size, image_size, num_classes, seed=0 if split != "test" else 1_000_003)
+        classes = num_classes
+    else:
+        raise ValueError(f"data.dataset: unknown data set {name!r}; allowed: {list(DATASETS)}")
+    data = ArrayData(torch.from_numpy(x), torch.from_numpy(y), classes)
+    if name == "digits" and split == "test":
+        log.warning("digits has no separate test set: 'test' returns the validation split")
+        split = "val"
+    if split == "test":
+        return data
+    train_idx, val_idx = split_indices(len(data), val_size, split_seed)
+    return data.subset(train_idx if split == "train" else val_idx)
+
+
+def shard(n: int, rank: int, world_size: int, *, equal: bool = False) -> Tensor:
+    """Indices of DDP rank ``rank`` of ``world_size``: disjoint strided shards covering ``range(n)``.
+
+    With ``equal=True`` every rank gets ``n // world_size`` indices (training: all ranks take the same number of
+    steps, as DDP's collectives require); otherwise the shards cover every index (evaluation).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    idx = torch.arange(rank, n, world_size)
+    return idx[: n // world_size] if equal else idx
+
+
+def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Batched random crop (zero padding) and horizontal flip, on ``x``'s device. ``x`` is (B, C, H, W)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dev = x.device
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=generator.device).to(dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    out = padded[batch, chan, rows, cols]  # (B, C, H, W)
+    flip = torch.rand(b, generator=generator, device=generator.device).to(dev) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def epoch_batches(
+    n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[Tensor]:
+    """This rank's training batches for ``epoch``: a seeded permutation (identical on every rank), sharded."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    mine = perm[shard(n, rank, world_size, equal=True)]
+    return list(mine.split(batch_size))

@@ -1,0 +1,364 @@
+"""The training loop: AR-AT, PGD-AT and TRADES share the data, attack, schedule, metric and checkpoint code.
+
+The loop hands per-epoch metrics to a callback and never prints; the shell (the CLI or the orchestrator) reports
+them. Under ``torch.distributed`` each rank trains on its own shard and evaluation counts are all-reduced, so the
+metrics every rank hands over are the global ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attacks import pgd_attack
+from .config import AttackConfig, OptimConfig, TrainConfig
+from .data import ArrayData, epoch_batches, load_dataset, random_crop_flip, to_float
+from .evaluation import accuracy_counts, eval_mode
+from .losses import Predictors, arat_loss, trades_kl, trades_loss
+from .models import build_model
+from .swa import ParamAverage, reestimate_adv_bn
+
+log = logging.getLogger(__name__)
+
+Metrics = dict[str, float]
+Callback = Callable[[Metrics, Path | None], None]
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay."""
+    warmup = cfg.warmup_epochs / cfg.epochs * total_steps
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    passed = sum(step >= m * total_steps for m in cfg.milestones)
+    return cfg.lr * cfg.lr_decay**passed
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Objective(nn.Module):
+    """The model plus the method's extra modules; ``forward`` returns the method's loss and its parts.
+
+    One ``forward`` per step runs every pass that needs gradients, so a DDP wrapper sees one forward per backward.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.method = cfg.method
+        self.gamma = cfg.arat.gamma
+        self.beta = cfg.trades.beta
+        self.predictors: Predictors | None = None
+        if cfg.method == "arat":
+            dims = {k: model.feature_dims[k] for k in model.aligned_layers}  # type: ignore[attr-defined]
+            self.predictors = Predictors(dims, cfg.arat.predictor_ratio)
+
+    def forward(self, x: Tensor, x_adv: Tensor, y: Tensor, a: float) -> dict[str, Tensor]:
+        if self.method == "arat":
+            assert self.predictors is not None
+            logits_c, feats_c = self.model(x, bn="clean", return_features=True)
+            logits_a, feats_a = self.model(x_adv, bn="adv", return_features=True)
+            return arat_loss(logits_a, logits_c, y, self.predictors(feats_a), feats_c, a=a, gamma=self.gamma)
+        if self.method == "pgd_at":
+            ce_adv = F.cross_entropy(self.model(x_adv), y)  # Madry: no clean term
+            return {"loss": ce_adv, "ce_adv": ce_adv}
+        return trades_loss(self.model(x_adv), self.model(x), y, beta=self.beta)
+
+    def adversarial(self, x: Tensor, y: Tensor, attack: AttackConfig) -> tuple[Tensor, Tensor]:
+        """The (clean, adversarial) pair of a training batch; the clean one changes only with the legacy switch."""
+        kwargs = attack.kwargs()
+        if attack.legacy_inplace_noise and attack.random_start:
+            # The authors' code adds the random start to x in place: the ball is centred on the noisy image and
+            # the clean branch sees it too. Reproduced only on request, for comparisons with the paper.
+            x = (x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])).clamp(0.0, 1.0)
+            kwargs["random_start"] = False
+        if self.method == "trades":
+            with eval_mode(self.model):
+                with torch.no_grad():
+                    target = self.model(x)
+                x_adv = pgd_attack(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target), **kwargs)
+            return x, x_adv
+        return x, pgd_attack(partial(self.model, bn="adv"), x, y, **kwargs)
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint holds beyond the modules and the optimiser."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimiser steps
+    history: list[Metrics] = field(default_factory=list)
+
+
+def _autocast(device: torch.device, cfg: TrainConfig) -> Callable[[], AbstractContextManager[Any]]:
+    bf16 = cfg.perf.amp == "bf16" or (cfg.perf.amp == "auto" and device.type == "cuda")
+    if not bf16:
+        return nullcontext
+    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Attack noise of each (epoch, rank) comes from its own seed, so a resumed or restarted run repeats it."""
+    s = (seed * 1_000_003 + epoch * 7919 + rank) % 2**31
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s)
+
+
+def save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, state: RunState,
+                    cfg: TrainConfig, swa: ParamAverage | None) -> None:
+    """Write a checkpoint atomically (temp file, then rename)."""
+    payload = {
+        "format": 1,
+        "config": cfg.to_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": state.history,
+        "model": objective.model.state_dict(),
+        "predictors": objective.predictors.state_dict() if objective.predictors is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "swa": swa.state_dict() if swa is not None else None,
+        "rng": _rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def build(cfg: TrainConfig, num_classes: int, in_channels: int, device: torch.device) -> Objective:
+    """The model (split BN for AR-AT, one BN set for the baselines) wrapped in its method's objective."""
+    model = build_model(cfg.model.name, num_classes, in_channels=in_channels, width=cfg.model.width,
+                        aligned_layers=cfg.model.aligned_layers or None, split_bn=cfg.method == "arat")
+    objective = Objective(model, cfg).to(device)
+    if _channels_last(cfg, device):
+        objective.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return objective
+
+
+def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.perf.channels_last == "on" or (cfg.perf.channels_last == "auto" and device.type == "cuda")
+
+
+def load_data(cfg: TrainConfig, device: torch.device) -> tuple[ArrayData, ArrayData]:
+    """(train, val) splits on ``device``; the validation split is held out from the training set."""
+    d = cfg.data
+    kw = {"root": d.root, "val_size": d.val_size, "split_seed": d.split_seed, "image_size": d.image_size,
+          "download": d.download, "fake_size": d.fake_size, "num_classes": d.num_classes}
+    train_data = load_dataset(d.dataset, "train", **kw)  # type: ignore[arg-type]
+    val_data = load_dataset(d.dataset, "val", **kw)  # type: ignore[arg-type]
+    if d.train_limit:
+        train_data = train_data.subset(torch.arange(min(d.train_limit, len(train_data))))
+    return train_data.to(device), val_data.to(device)
+
+
+def balance_weight(model: nn.Module, data: ArrayData, n: int, batch_size: int,
+                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> float:
+    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on the first ``n`` training images."""
+    sub = data.subset(torch.arange(min(n, len(data))))
+    with eval_mode(model):
+        counts = accuracy_counts(partial(model, bn="clean"), sub, None, batch_size=batch_size, autocast=autocast)
+    return counts["clean"].item() / max(1, counts["total"].item())
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    if dist_info()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def evaluate_model(model: nn.Module, data: ArrayData, cfg: TrainConfig,
+                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Metrics:
+    """``clean_acc`` and ``robust_acc`` of the adv-BN branch in eval mode, summed over every rank's shard."""
+    rank, world = dist_info()
+    with eval_mode(model):
+        c = accuracy_counts(partial(model, bn="adv"), data, cfg.eval.attack, batch_size=cfg.eval.batch_size,
+                            rank=rank, world_size=world, max_examples=cfg.eval.max_examples, autocast=autocast)
+    counts = _all_reduce(torch.stack([c["clean"], c["robust"], c["total"]]))
+    clean, robust, total = (int(v) for v in counts.tolist())
+    return {"clean_acc": clean / total, "robust_acc": robust / total, "eval_examples": float(total)}
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    callback: Callback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    data: tuple[ArrayData, ArrayData] | None = None,
+    progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None,
+) -> Metrics:
+    """Train ``cfg`` and return the last epoch's metrics.
+
+    After every epoch, rank 0 writes ``checkpoint_dir/checkpoint.pt`` (when given) and every rank calls
+    ``callback(metrics, checkpoint_path_or_None)``. ``resume_from`` continues a checkpoint exactly.
+    Raises :class:`TrainingDiverged` when the loss is not finite.
+    """
+    device = resolve_device(cfg.device)
+    rank, world = dist_info()
+    if cfg.perf.num_threads:
+        torch.set_num_threads(cfg.perf.num_threads)
+    train_data, val_data = data if data is not None else load_data(cfg, device)
+    train_data, val_data = train_data.to(device), val_data.to(device)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    objective = build(cfg, train_data.num_classes, int(train_data.x.shape[1]), device)
+    optimizer = torch.optim.SGD(objective.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+                                foreach=device.type == "cuda" or None)
+    steps_per_epoch = len(epoch_batches(len(train_data), cfg.optim.batch_size, 0, cfg.seed, rank, world))
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    swa = ParamAverage(int(cfg.swa.start * total_steps), cfg.swa.every) if cfg.swa.enabled else None
+    state = RunState()
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, device)
+        objective.model.load_state_dict(ckpt["model"])
+        if objective.predictors is not None:
+            objective.predictors.load_state_dict(ckpt["predictors"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if swa is not None and ckpt.get("swa"):
+            swa.load_state_dict(ckpt["swa"])
+        state = RunState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d", resume_from, state.epoch)
+    if cfg.perf.compile:
+        objective.model.compile()
+    step_module: nn.Module = objective
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = _autocast(device, cfg)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+
+    metrics: Metrics = {}
+    for epoch in range(state.epoch, cfg.optim.epochs):
+        _seed_epoch(cfg.seed, epoch, rank)
+        metrics = _train_epoch(objective, step_module, optimizer, train_data, cfg, state, epoch, total_steps,
+                               swa, autocast, progress)
+        metrics.update(evaluate_model(objective.model, val_data, cfg, autocast))
+        if swa is not None and epoch == cfg.optim.epochs - 1 and swa.n > 0:
+            metrics.update(_swa_metrics(objective.model, swa, train_data, val_data, cfg, autocast))
+        state.epoch, metrics["epoch"] = epoch + 1, float(epoch + 1)
+        state.history.append(metrics)
+        saved = None
+        if ckpt_path is not None and rank == 0:
+            save_checkpoint(ckpt_path, objective, optimizer, state, cfg, swa)
+            saved = ckpt_path
+        if callback is not None:
+            callback(dict(metrics), saved)
+    return metrics if metrics else dict(state.history[-1]) if state.history else {}
+
+
+def _train_epoch(
+    objective: Objective, step_module: nn.Module, optimizer: torch.optim.Optimizer, data: ArrayData,
+    cfg: TrainConfig, state: RunState, epoch: int, total_steps: int, swa: ParamAverage | None,
+    autocast: Callable[[], AbstractContextManager[Any]], progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None,
+) -> Metrics:
+    rank, world = dist_info()
+    device = data.x.device
+    a = 0.0
+    if cfg.method == "arat":
+        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast)
+    batches = epoch_batches(len(data), cfg.optim.batch_size, epoch, cfg.seed, rank, world)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7_919 + epoch * 31 + rank)
+    channels_last = _channels_last(cfg, device)
+    sums: dict[str, Tensor] = {}
+    seen = 0
+    objective.train()
+    start = time.perf_counter()
+    lr = cfg.optim.lr
+    for batch in progress(batches) if progress is not None else batches:
+        idx = batch.to(device, non_blocking=True)
+        x, y = to_float(data.x[idx]), data.y[idx]
+        if cfg.data.augment:
+            x = random_crop_flip(x, gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(state.step, total_steps, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast():
+            x, x_adv = objective.adversarial(x, y, cfg.attack)
+            parts = step_module(x, x_adv, y, a)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+        state.step += 1
+        if swa is not None and swa.due(state.step):
+            swa.update(objective.model)
+        n = y.shape[0]
+        seen += n
+        for k, v in parts.items():  # summed on the device: no host synchronisation inside the loop
+            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float() * n
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    keys = sorted(sums)
+    totals = _all_reduce(torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), device=device)]))
+    values = totals.tolist()
+    out = {k: v / values[-1] for k, v in zip(keys, values[:-1], strict=True)}
+    if not math.isfinite(out.get("loss", 0.0)):
+        raise TrainingDiverged(f"training loss is {out['loss']} at epoch {epoch + 1}")
+    out.update({"lr": lr, "epoch_s": elapsed, "images_per_s": values[-1] / max(elapsed, 1e-9)})
+    if cfg.method == "arat":
+        out["balance_a"] = a
+    return out
+
+
+def _swa_metrics(model: nn.Module, swa: ParamAverage, train_data: ArrayData, val_data: ArrayData,
+                 cfg: TrainConfig, autocast: Callable[[], AbstractContextManager[Any]]) -> Metrics:
+    """Metrics of the averaged model after re-estimating its adv-BN statistics, prefixed ``swa_``."""
+    averaged = ParamAverage.averaged(swa, model)
+    reestimate_adv_bn(averaged, train_data, cfg.attack, batch_size=cfg.optim.batch_size,
+                      augment=cfg.data.augment, autocast=autocast)
+    return {f"swa_{k}": v for k, v in evaluate_model(averaged, val_data, cfg, autocast).items()}
