@@ -1,0 +1,242 @@
+"""Pareto fronts, non-dominated ranks, crowding distance and hypervolume over numpy arrays.
+
+Convention shared by every function:
+
+* ``points`` is an ``(N, M)`` float array, one row per trial and one column per objective. An empty
+  input (``N == 0``, including a 1-D array of size 0) gives an empty result.
+* ``maximize`` is one bool for all objectives or a sequence of ``M`` bools saying, per objective,
+  whether larger is better. Internally maximised columns are negated, so below "better" means smaller.
+* Dominance: ``a`` dominates ``b`` when ``a`` is no worse in every objective and strictly better in at
+  least one. Identical non-dominated points therefore all lie on the front.
+* NaN: a row holding any NaN is never on the front, never dominates another row, gets rank ``-1``,
+  crowding distance NaN, and adds no hypervolume.
+* Infinity: ``+inf`` and ``-inf`` are ordinary values ordered as usual, so a maximised ``+inf`` beats
+  every finite value. A point with an infinite coordinate that beats the reference (and that strictly
+  beats it in every other objective) makes the hypervolume ``inf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Upper bound on the elements of one (rows, N, M) comparison block, to keep memory bounded for large N.
+_BLOCK_ELEMENTS = 1 << 22
+
+Maximize = bool | Sequence[bool]
+
+
+def _as_points(points: object, maximize: Maximize) -> np.ndarray:
+    """Return ``points`` as an (N, M) float array; a 1-D empty input becomes (0, M)."""
+    arr = np.asarray(points, dtype=float)
+    if arr.ndim == 1 and arr.size == 0:
+        n_obj = len(maximize) if isinstance(maximize, Sequence | np.ndarray) else 0
+        return arr.reshape(0, n_obj)
+    if arr.ndim != 2:
+        raise ValueError(f"points must be a 2-D (N, M) array, got shape {arr.shape}")
+    if arr.shape[0] > 0 and arr.shape[1] == 0:
+        raise ValueError("points must have at least one objective column, got shape (N, 0)")
+    return arr
+
+
+def _signs(maximize: Maximize, n_obj: int) -> np.ndarray:
+    """Return an (M,) array of -1 for maximised and +1 for minimised objectives."""
+    if isinstance(maximize, bool | np.bool_):
+        flags = np.full(n_obj, bool(maximize))
+    else:
+        is_sequence = isinstance(maximize, Sequence | np.ndarray) and not isinstance(maximize, str)
+        if not is_sequence or not all(isinstance(f, bool | np.bool_) for f in maximize):
+            raise ValueError(f"maximize must be a bool or a sequence of bools, got {maximize!r}")
+        flags = np.array([bool(f) for f in maximize], dtype=bool)
+        if flags.shape != (n_obj,):
+            raise ValueError(f"maximize has {flags.size} entries but points have {n_obj} objectives")
+    return np.where(flags, -1.0, 1.0)
+
+
+def _to_min(points: object, maximize: Maximize) -> tuple[np.ndarray, np.ndarray]:
+    """Return (minimisation array (N, M), valid-row mask (N,)) where valid means no NaN."""
+    arr = _as_points(points, maximize)
+    q = arr * _signs(maximize, arr.shape[1])
+    return q, ~np.isnan(q).any(axis=1)
+
+
+def _dominance_matrix(q: np.ndarray) -> np.ndarray:
+    """(N, N) bool; entry [i, j] is True when row i dominates row j. ``q`` is minimised, NaN-free."""
+    n, m = q.shape
+    dom = np.empty((n, n), dtype=bool)
+    step = max(1, _BLOCK_ELEMENTS // max(1, n * m))
+    for start in range(0, n, step):
+        block = q[start : start + step, None, :]  # (B, 1, M) against (1, N, M)
+        no_worse = (block <= q[None]).all(axis=2)
+        better = (block < q[None]).any(axis=2)
+        dom[start : start + step] = no_worse & better
+    return dom
+
+
+def _nondominated(q: np.ndarray) -> np.ndarray:
+    """(N,) bool mask of rows of the minimised, NaN-free ``q`` that no other row dominates."""
+    return ~np.any(_dominance_matrix(q), axis=0)
+
+
+def pareto_mask(points: object, maximize: Maximize = True) -> np.ndarray:
+    """Return an (N,) bool mask, True for the non-dominated rows of ``points``.
+
+    Identical non-dominated rows are all on the front; rows holding NaN never are and never dominate.
+    """
+    q, valid = _to_min(points, maximize)
+    mask = np.zeros(q.shape[0], dtype=bool)
+    mask[valid] = _nondominated(q[valid])
+    return mask
+
+
+def nondominated_ranks(points: object, maximize: Maximize = True) -> np.ndarray:
+    """Return (N,) int front indices: 0 for the Pareto front, 1 for the front once it is removed, ...
+
+    Rows holding NaN get rank -1.
+    """
+    q, valid = _to_min(points, maximize)
+    ranks = np.full(q.shape[0], -1, dtype=int)
+    index = np.flatnonzero(valid)
+    dom = _dominance_matrix(q[index])
+    n_dominators = dom.sum(axis=0)
+    remaining = np.ones(index.size, dtype=bool)
+    rank = 0
+    while remaining.any():
+        front = remaining & (n_dominators == 0)
+        ranks[index[front]] = rank
+        remaining &= ~front
+        n_dominators -= dom[front].sum(axis=0)
+        rank += 1
+    return ranks
+
+
+def crowding_distance(points: object, maximize: Maximize = True) -> np.ndarray:
+    """Return the (N,) NSGA-II crowding distance of each row within ``points`` (call once per front).
+
+    Per objective, the rows with the smallest and largest value get ``inf`` and each other row adds
+    the gap between its two sorted neighbours divided by the objective's range. An objective with zero
+    range adds 0 to every row, boundaries included; one with an infinite range adds only its boundary
+    ``inf``. A set of at most two valid
+    rows is all ``inf``. Rows holding NaN are left out and get NaN. Ties are broken by input order.
+    """
+    q, valid = _to_min(points, maximize)
+    dist = np.full(q.shape[0], np.nan)
+    dist[valid] = _crowding_min(q[valid])
+    return dist
+
+
+def _crowding_min(q: np.ndarray) -> np.ndarray:
+    """Crowding distance of the NaN-free rows of ``q`` (direction does not matter)."""
+    n = q.shape[0]
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for column in q.T:
+        order = np.argsort(column, kind="stable")
+        values = column[order]
+        span = values[-1] - values[0]
+        if span > 0:
+            dist[order[[0, -1]]] = np.inf
+        if span > 0 and np.isfinite(span):
+            dist[order[1:-1]] += (values[2:] - values[:-2]) / span
+    return dist
+
+
+def _as_reference(reference: object, n_obj: int, maximize: Maximize) -> np.ndarray:
+    """Return the reference point as a finite (M,) minimisation array or raise ValueError."""
+    ref = np.asarray(reference, dtype=float)
+    if ref.shape != (n_obj,):
+        raise ValueError(f"reference must have shape ({n_obj},) to match points, got {ref.shape}")
+    if not np.isfinite(ref).all():
+        raise ValueError(f"reference must be finite, got {ref.tolist()}")
+    return ref * _signs(maximize, n_obj)
+
+
+def _prepare_hv(points: object, reference: object, maximize: Maximize) -> tuple[np.ndarray, np.ndarray]:
+    """Return (minimised points (N, M), minimised reference (M,)) for the hypervolume functions."""
+    ref_arr = np.asarray(reference, dtype=float)
+    n_obj = ref_arr.shape[0] if ref_arr.ndim == 1 else -1
+    arr = np.asarray(points, dtype=float)
+    if arr.ndim == 1 and arr.size == 0:
+        arr = arr.reshape(0, max(n_obj, 0))
+    q, _ = _to_min(arr, maximize)
+    return q, _as_reference(reference, q.shape[1], maximize)
+
+
+def _beats_reference(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(N,) mask of rows strictly better than ``ref`` in every objective (NaN rows are False)."""
+    return np.all(q < ref, axis=1)
+
+
+def hypervolume(points: object, reference: object, maximize: Maximize = True) -> float:
+    """Return the volume dominated by ``points`` and bounded by ``reference``.
+
+    ``reference`` is a finite point, in the same orientation as ``points``, that should be worse than
+    them in every objective; rows that do not strictly beat it in every objective, and NaN rows, add
+    nothing. Exact for any M: a length for M == 1, a sweep for M == 2 and slicing along the last
+    objective (HSO) for M >= 3, which suits a few hundred points in 3-4 objectives.
+    """
+    q, ref = _prepare_hv(points, reference, maximize)
+    return _hv_min(q[_beats_reference(q, ref)], ref)
+
+
+def _hv_min(q: np.ndarray, ref: np.ndarray) -> float:
+    """Hypervolume of minimised rows that all strictly beat ``ref``."""
+    if q.shape[0] == 0:
+        return 0.0
+    if np.isneginf(q).any():
+        return float("inf")
+    if q.shape[1] == 1:
+        return float(ref[0] - q[:, 0].min())
+    if q.shape[1] == 2:
+        return _hv_2d(q, ref)
+    return _hv_slices(q, ref)
+
+
+def _hv_2d(q: np.ndarray, ref: np.ndarray) -> float:
+    """2-D sweep: in x order each point adds the strip below the lowest y seen so far."""
+    order = np.lexsort((q[:, 1], q[:, 0]))
+    x, y = q[order, 0], q[order, 1]
+    lowest_before = np.concatenate(([ref[1]], np.minimum.accumulate(y)[:-1]))
+    adds = y < lowest_before
+    return float(np.sum((ref[0] - x[adds]) * (lowest_before[adds] - y[adds])))
+
+
+def _hv_slices(q: np.ndarray, ref: np.ndarray) -> float:
+    """Slice along the last objective; each slab's volume is depth times an (M-1)-D hypervolume."""
+    q = q[_nondominated(q)]
+    q = q[np.argsort(q[:, -1], kind="stable")]
+    bounds = np.append(q[:, -1], ref[-1])
+    total = 0.0
+    for i in range(q.shape[0]):
+        depth = bounds[i + 1] - bounds[i]
+        if depth > 0:
+            total += depth * _hv_min(q[: i + 1, :-1], ref[:-1])
+    return total
+
+
+def hypervolume_history(
+    points_in_finish_order: object, reference: object, maximize: Maximize = True
+) -> np.ndarray:
+    """Return the (N,) hypervolume of the first k rows for k = 1..N, e.g. to log it as trials finish.
+
+    Same conventions as :func:`hypervolume`; the result is non-decreasing.
+    """
+    q, ref = _prepare_hv(points_in_finish_order, reference, maximize)
+    useful = _beats_reference(q, ref)
+    history = np.zeros(q.shape[0])
+    archive = q[:0]
+    current = 0.0
+    for k in range(q.shape[0]):
+        if useful[k] and not _is_weakly_dominated(q[k], archive):
+            archive = np.vstack([archive, q[k]])
+            archive = archive[_nondominated(archive)]
+            current = _hv_min(archive, ref)
+        history[k] = current
+    return history
+
+
+def _is_weakly_dominated(row: np.ndarray, archive: np.ndarray) -> bool:
+    """True when some archive row is no worse than ``row`` in every objective (so it adds no volume)."""
+    return bool((archive <= row).all(axis=1).any())
