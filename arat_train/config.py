@@ -66,6 +66,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
+    """PGD settings (eps and step in 1/255), for training (``attack``) and evaluation (``eval.attack``).
+
+    ``legacy_inplace_noise`` (off by default; training only) reproduces the authors' code (futakw/AR-AT), which adds
+    the uniform random start to the clean batch in place: PGD's eps-ball is then centred on the noisy image, and
+    the clean-BN branch (and TRADES' clean term) trains on that noisy image too. DESIGN §2 treats this as a bug;
+    switch it on only to compare with the paper's figures.
+    """
+
     eps: float = 8.0  # in 1/255
     steps: int = 10
     step_size: float | None = None  # in 1/255; None = step_ratio * eps / steps

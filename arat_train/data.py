@@ -7,6 +7,7 @@ permutation and the crop+flip augmentation are batched tensor operations on what
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,20 +56,40 @@ def _digits(image_size: int) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy(), bunch.target.astype(np.int64)
 
 
-def _cifar(name: str, root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    from filelock import FileLock
-    from torchvision import datasets
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+
+def read_cifar_pickles(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR's python-pickle batches (``data``: (N, 3072) uint8 rows, RGB planes) from ``folder``."""
+    xs, ys = [], []
+    for name in files:
+        with open(folder / name, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(entry[label_key], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _cifar(name: str, root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    folder_name, train_files, test_files, label_key = _CIFAR_FILES[name]
     root_path = Path(root).expanduser()
-    if not download and not root_path.is_dir():
-        raise FileNotFoundError(f"data.root: {root_path} does not exist (set data.download: true to fetch {name})")
-    root_path.mkdir(parents=True, exist_ok=True)
-    # Several trials on one node may start at once: one downloads, the others wait and then read.
-    with FileLock(str(root_path / f".{name}.lock")):
-        ds = cls(str(root_path), train=train, download=download)
-    x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # (N, 3, 32, 32) uint8
-    return x, np.asarray(ds.targets, dtype=np.int64)
+    folder = root_path / folder_name
+    if download and not folder.is_dir():
+        from filelock import FileLock
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        root_path.mkdir(parents=True, exist_ok=True)
+        # Several trials on one node may start at once: one downloads (checksummed), the others wait, then read.
+        with FileLock(str(root_path / f".{name}.lock")):
+            cls(str(root_path), train=train, download=True)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"data.root: {folder} does not exist; put {name} there or set data.download: true to fetch it")
+    return read_cifar_pickles(folder, train_files if train else test_files, label_key)
 
 
 def _fake(size: int, image_size: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

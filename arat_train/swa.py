@@ -94,8 +94,13 @@ def reestimate_adv_bn(
             if augment:
                 x = random_crop_flip(x, gen)
             _set_momentum(norms, 0.0)
+            seen = [bn.num_batches_tracked.clone() for bn in norms]  # type: ignore[union-attr]
             with autocast():
                 x_adv = pgd_attack(model_fn, x, y, **attack.kwargs())
+                # PGD's forwards advanced num_batches_tracked, the divisor of the cumulative average: undo that,
+                # or the reset values (mean 0, var 1) keep most of the weight.
+                for bn, count in zip(norms, seen, strict=True):
+                    bn.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
                 _set_momentum(norms, None)
                 with torch.no_grad():
                     model_fn(x_adv)

@@ -1,0 +1,101 @@
+"""Split-BN models: branch isolation, feature taps, predictor width and export parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arat_train.losses import Predictor, Predictors
+from arat_train.models import SplitBatchNorm, WideResNet, build_model, export_model
+
+
+def _stats(model: torch.nn.Module, branch: str) -> list[torch.Tensor]:
+    return [getattr(m, branch).running_mean.clone() for m in model.modules() if isinstance(m, SplitBatchNorm)]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_train_forward_with_adv_bn_changes_only_adv_statistics(name: str) -> None:
+    torch.manual_seed(0)
+    channels, size = (1, 16) if name == "small_cnn" else (3, 32)
+    model = build_model(name, 10, in_channels=channels).train()
+    clean_before, adv_before = _stats(model, "clean"), _stats(model, "adv")
+    model(torch.rand(4, channels, size, size), bn="adv")
+    assert all(torch.equal(a, b) for a, b in zip(clean_before, _stats(model, "clean"), strict=True))
+    assert all(not torch.equal(a, b) for a, b in zip(adv_before, _stats(model, "adv"), strict=True))
+
+
+def test_unknown_branch_is_refused() -> None:
+    model = build_model("small_cnn", 10, in_channels=1)
+    with pytest.raises(ValueError, match="bn must be"):
+        model(torch.rand(2, 1, 16, 16), bn="both")  # type: ignore[arg-type]
+
+
+def test_resnet18_taps_layer4_with_bn2_before_the_residual_add() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10).eval()
+    x = torch.rand(3, 3, 32, 32)
+    logits, feats = model(x, bn="clean", return_features=True)
+    assert logits.shape == (3, 10)
+    assert list(feats) == ["layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2"]
+    assert all(f.shape == (3, 512) for f in feats.values())
+    # The bn2 tap is ReLU + GAP of the BN output itself, not of the block output after the residual add.
+    block = model.blocks[7]
+    seen: dict[str, torch.Tensor] = {}
+    block.bn2.register_forward_hook(lambda _m, _i, out: seen.__setitem__("bn2", out))
+    block.register_forward_hook(lambda _m, _i, out: seen.__setitem__("block", out))
+    model(x, bn="clean", return_features=True)
+    expected = F.relu(seen["bn2"]).mean(dim=(2, 3))
+    torch.testing.assert_close(feats["layer4.1.bn2"], expected)
+    assert not torch.allclose(feats["layer4.1.bn2"], seen["block"].mean(dim=(2, 3)))
+
+
+def test_wrn34_10_aligns_eleven_layers() -> None:
+    model = build_model("wrn34_10", 10)
+    assert len(model.aligned_layers) == 11
+    assert model.aligned_layers[-1] == "final"
+    assert all(model.feature_dims[k] == 640 for k in model.aligned_layers[1:])
+
+
+def test_unknown_aligned_layer_names_the_field() -> None:
+    with pytest.raises(ValueError, match="model.aligned_layers"):
+        build_model("small_cnn", 10, in_channels=1, aligned_layers=["conv9"])
+
+
+@pytest.mark.parametrize("ratio,dim,hidden", [(0.25, 512, 128), (0.3, 10, 3), (1.0, 64, 64), (0.01, 10, 1)])
+def test_predictor_width_is_round_r_times_d(ratio: float, dim: int, hidden: int) -> None:
+    pred = Predictor(dim, ratio)
+    assert pred.hidden == hidden
+    assert pred.net[0].weight.shape == (hidden, dim)  # type: ignore[index]
+    assert pred(torch.rand(4, dim)).shape == (4, dim)
+
+
+def test_ratio_zero_means_no_predictor() -> None:
+    heads = Predictors({"a.b": 8}, 0.0)
+    z = torch.rand(2, 8)
+    assert torch.equal(heads({"a.b": z})["a.b"], z)
+    assert sum(p.numel() for p in heads.parameters()) == 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: build_model("small_cnn", 10, in_channels=1),
+    lambda: build_model("resnet18", 10),
+    lambda: WideResNet(depth=10, widen=2, num_classes=10),
+])
+def test_export_matches_the_adv_branch(make) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = make()
+    channels = model.conv1.in_channels if hasattr(model, "conv1") else 1
+    size = 16 if channels == 1 else 32
+    model.train()
+    for _ in range(3):  # give the two branches different statistics
+        model(torch.rand(8, channels, size, size), bn="adv")
+        model(torch.rand(8, channels, size, size) * 0.5, bn="clean")
+    model.eval()
+    exported = export_model(model).eval()
+    x = torch.rand(4, channels, size, size)
+    diff = (exported(x) - model(x, bn="adv")).abs().max().item()
+    assert diff < 1e-5
+    assert (exported(x) - model(x, bn="clean")).abs().max().item() > 1e-3
+    assert not any(isinstance(m, SplitBatchNorm) for m in exported.modules())
+    assert not any(".adv." in k or ".clean." in k for k in exported.state_dict())
