@@ -309,7 +309,9 @@ def _train_epoch(
     a = 0.0
     if cfg.method == "arat":
         a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast)
-    batches = epoch_batches(len(data), cfg.optim.batch_size, epoch, cfg.seed, rank, world)
+    # One host-to-device copy of this epoch's order; the loop below then never waits on the host.
+    order = torch.cat(epoch_batches(len(data), cfg.optim.batch_size, epoch, cfg.seed, rank, world)).to(device)
+    batches = list(order.split(cfg.optim.batch_size))
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7_919 + epoch * 31 + rank)
     channels_last = _channels_last(cfg, device)
     sums: dict[str, Tensor] = {}
@@ -318,8 +320,7 @@ def _train_epoch(
     start = time.perf_counter()
     lr = cfg.optim.lr
     for batch in progress(batches) if progress is not None else batches:
-        idx = batch.to(device, non_blocking=True)
-        x, y = to_float(data.x[idx]), data.y[idx]
+        x, y = to_float(data.x[batch]), data.y[batch]
         if cfg.data.augment:
             x = random_crop_flip(x, gen)
         if channels_last:
