@@ -1,0 +1,123 @@
+"""orchestrator.report: the trials table against the Pareto kernels, the files it writes, and front.html in a browser.
+
+The browser test renders ``front.html`` in headless Chromium, counts the trial circles in the DOM after its script
+ran, and keeps a screenshot under ``test-output/`` (git-ignored). It is skipped only when Chromium is absent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.pareto import hypervolume_history, nondominated_ranks, pareto_mask
+from orchestrator.report import REPORT_FILES, build_front, front_html, write_report
+
+OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _records(n: int = 12, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` finished trials with random objectives (finish order reversed from input), a failure, a NaN one."""
+    rng = np.random.default_rng(seed)
+    records: list[dict[str, Any]] = [
+        {"trial_id": f"t{i:02d}", "run_id": f"run{i}", "status": "FINISHED", "finish_order": n - i,
+         "clean_acc": float(rng.uniform(0.6, 0.97)), "robust_acc": float(rng.uniform(0.0, 0.3)),
+         "params": {"arat.gamma": round(float(rng.uniform(1, 300)), 2), "attack.eps": 51}}
+        for i in range(n)
+    ]
+    records.append({"trial_id": "failed", "status": "FAILED", "params": {"arat.gamma": 3.0}})
+    records.append({"trial_id": "nan", "status": "FINISHED", "finish_order": n + 1, "clean_acc": math.nan,
+                    "robust_acc": 0.2, "params": {"note": "<b>&\"quoted\"</b>"}})
+    records.append({"trial_id": "running", "status": "RUNNING"})
+    return records
+
+
+def test_table_matches_the_kernels() -> None:
+    records = _records()
+    data = build_front(records, reference=(0.0, 0.0), title="t")
+    finished = [r for r in records if r.get("status") == "FINISHED"]
+    finished.sort(key=lambda r: r["finish_order"])
+    points = np.array([[r.get("clean_acc", math.nan), r.get("robust_acc", math.nan)] for r in finished])
+    assert list(data.finished["trial_id"]) == [r["trial_id"] for r in finished]
+    assert data.finished["pareto"].tolist() == pareto_mask(points).tolist()
+    assert data.finished["pareto_rank"].tolist() == nondominated_ranks(points).tolist()
+    np.testing.assert_allclose(data.hypervolume, hypervolume_history(points, (0.0, 0.0)))
+    by_id = data.trials.set_index("trial_id")
+    assert len(data.trials) == len(records)
+    assert not by_id.loc["failed", "pareto"] and by_id.loc["failed", "pareto_rank"] == -1
+    assert by_id.loc["nan", "pareto_rank"] == -1 and by_id.loc["running", "status"] == "RUNNING"
+    assert by_id.loc["t00", "params.arat.gamma"] == str(records[0]["params"]["arat.gamma"])
+    front = data.front
+    assert set(front["trial_id"]) == set(data.finished.loc[data.finished["pareto"], "trial_id"])
+    assert front["clean_acc"].is_monotonic_decreasing
+
+
+def test_empty_and_duplicates() -> None:
+    empty = build_front([], reference=(0.0, 0.0))
+    assert len(empty.trials) == 0 and len(empty.hypervolume) == 0 and len(empty.front) == 0
+    assert front_html(empty).count("<circle") == 0
+    twins = build_front([{"trial_id": "a", "clean_acc": 0.5, "robust_acc": 0.5},
+                         {"trial_id": "b", "clean_acc": 0.5, "robust_acc": 0.5}])
+    assert twins.finished["pareto"].tolist() == [True, True]  # identical non-dominated points are both on it
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    data = build_front(_records(), title="files")
+    paths = write_report(data, tmp_path / "pareto")
+    assert set(paths) == set(REPORT_FILES) and all(p.exists() for p in paths.values())
+    csv = pd.read_csv(paths["front.csv"])
+    assert list(csv["trial_id"]) == list(data.front["trial_id"])
+    table = pd.read_parquet(paths["trials.parquet"])
+    assert len(table) == len(data.trials) and table["pareto"].sum() == data.finished["pareto"].sum()
+    for name in ("front.png", "hypervolume.png"):
+        assert paths[name].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_html_is_self_contained_and_escaped() -> None:
+    data = build_front(_records())
+    page = front_html(data)
+    n_plotted = int(data.finished[["clean_acc", "robust_acc"]].notna().all(axis=1).sum())
+    assert len(re.findall(r"<circle [^>]*data-trial-id=", page)) == n_plotted == 12
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # nothing fetched
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+    assert "<b>&" not in page  # parameter values are escaped
+    assert "1 finished trial(s) with a NaN objective" in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_front_html_in_headless_chromium(tmp_path: Path) -> None:
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
+    records = _records(n=15, seed=3)
+    data = build_front(records, title="Study browser-test: clean vs robust accuracy")
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    page = OUTPUT_DIR / "front.html"
+    page.write_text(front_html(data), encoding="utf-8")
+    dom = _run_chromium(binary, tmp_path / "profile1", "--dump-dom", page.as_uri()).stdout
+    circles = re.findall(r'<circle [^>]*data-trial-id="([^"]+)"', dom)
+    plotted = data.finished.dropna(subset=["clean_acc", "robust_acc"])
+    assert sorted(circles) == sorted(plotted["trial_id"])  # one point per finished trial with both objectives
+    assert 'data-ready="true"' in dom  # the inline script ran to its end
+    shot = OUTPUT_DIR / "front.png"
+    shot.unlink(missing_ok=True)
+    _run_chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1000,700", page.as_uri())
+    assert shot.read_bytes()[:8] == PNG_MAGIC
