@@ -24,12 +24,15 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .config import AttackConfig, ConfigError, TrainConfig
 from .data import ArrayData, load_dataset, to_float
 from .evaluation import accuracy_counts, eval_mode
+from .swa import ParamAverage, reestimate_adv_bn
+from .train import build, load_checkpoint, load_data, resolve_device
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("arat_train.evaluate")  # the same name under `python -m`
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 AA_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -129,17 +132,23 @@ def _aa_attacks(version: str, attacks: Sequence[str] | None) -> tuple[str, ...]:
     return chosen
 
 
-def _build_autoattack(net: nn.Module, attacks: tuple[str, ...], *, eps: float, norm: str, seed: int,
+def _build_autoattack(net: nn.Module, version: str, attacks: tuple[str, ...], *, eps: float, norm: str, seed: int,
                       num_classes: int, device: torch.device) -> Any:
-    """A reference AutoAttack with the standard version's settings for every attack it runs."""
+    """The reference AutoAttack: its own standard version, or a custom subset with the standard settings."""
     from pyautoattack import AutoAttack
 
-    aa = AutoAttack(net, attacks=list(attacks), device=device, eps=eps / 255.0,
-                    norm="Linf" if norm == "linf" else "L2", seed=seed, version="custom")
-    targets = min(9, num_classes - 1)
-    aa.apgd.n_restarts = aa.apgd_targeted.n_restarts = aa.fab.n_restarts = 1
-    aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = targets
-    aa.square.n_queries = 5000
+    common = {"device": device, "eps": eps / 255.0, "norm": "Linf" if norm == "linf" else "L2", "seed": seed}
+    if version == "standard":
+        aa = AutoAttack(net, version="standard", **common)
+    else:
+        aa = AutoAttack(net, attacks=list(attacks), version="custom", **common)
+        # What AutoAttack._set_version("standard") sets for L-inf and L2.
+        aa.apgd.n_restarts = aa.apgd_targeted.n_restarts = aa.fab.n_restarts = 1
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = 9
+        aa.square.n_queries = 5000
+    # Standard targets the 9 runner-up classes (CIFAR-10); with fewer classes there are fewer to target.
+    aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
+    aa.fab.n_target_classes = min(aa.fab.n_target_classes, num_classes - 1)
     return aa
 
 
@@ -167,7 +176,7 @@ def autoattack_accuracy(
     with eval_mode(model), _seeded(seed, device), _tidy_autoattack_output():
         with torch.no_grad():
             num_classes = int(net(x[:1]).shape[1])
-        aa = _build_autoattack(net, chosen, eps=eps, norm=norm, seed=seed, num_classes=num_classes,
+        aa = _build_autoattack(net, version, chosen, eps=eps, norm=norm, seed=seed, num_classes=num_classes,
                                device=device)
         for idx in progress(torch.arange(x.shape[0], device=device).split(batch_size)):
             xb, yb = x[idx], y[idx]
@@ -198,6 +207,8 @@ def pgd_accuracy(
     ``eps`` and ``step_size`` are in 1/255; ``step_size`` defaults to ``eps / 4`` (PGD-20 at 8/255 uses 2/255).
     More ``restarts`` give a stronger (lower) estimate at proportional cost; the same ``seed`` gives the same number.
     """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     attack = AttackConfig(eps=eps, steps=steps, step_size=eps / 4 if step_size is None else step_size, norm=norm,
                           restarts=restarts)
     device = _device(model)
@@ -220,9 +231,6 @@ class CliError(Exception):
 
 def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, TrainConfig, ArrayData]:
     """Rebuild the checkpoint's model (or its SWA average) and load the requested split."""
-    from .swa import ParamAverage, reestimate_adv_bn
-    from .train import build, load_checkpoint, load_data
-
     path = Path(args.checkpoint)
     if not path.is_file():
         raise CliError(f"checkpoint not found: {path}")
@@ -281,14 +289,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from .train import resolve_device
-
+    """Evaluate as ``args`` say; the result as a flat JSON-able mapping."""
     for name in ("n_examples", "batch_size", "steps", "restarts"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks else None
+    if args.attack == "autoattack":
+        _aa_attacks(args.version, attacks)  # refuse a bad choice before any work
     device = resolve_device(args.device)
     model, cfg, data = _load(args, device)
     ev = cfg.eval.attack
@@ -308,7 +316,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                            "seed": args.seed, "clean_acc": pgd.clean_acc, "pgd_acc": pgd.robust_acc,
                            "pgd_attack": pgd.attack, "pgd_step_size": step, "pgd_s": pgd.seconds}
     if args.attack == "autoattack":
-        attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks else None
         aa = autoattack_accuracy(model, data.x, data.y, version=args.version, attacks=attacks,
                                  progress=bar(f"autoattack-{args.version}"), **common)
         out.update({"aa_acc": aa.robust_acc, "aa_version": args.version, "aa_s": aa.seconds})
