@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from arat_train.attacks import pgd_attack
 from arat_train.config import TrainConfig
 from arat_train.data import random_crop_flip
 from arat_train.losses import arat_loss
