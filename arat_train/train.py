@@ -285,6 +285,11 @@ def train(
         _seed_epoch(cfg.seed, epoch, rank)
         metrics = _train_epoch(objective, step_module, optimizer, train_data, cfg, state, epoch, total_steps,
                                swa, autocast, progress)
+        if world > 1:
+            # The attack's train-mode forwards run outside DDP and move each rank's BN statistics on their own:
+            # take rank 0's, so every rank evaluates (and next epoch balances) the model rank 0 saves.
+            for buf in objective.buffers():
+                dist.broadcast(buf, src=0)
         metrics.update(evaluate_model(objective.model, val_data, cfg, autocast))
         if swa is not None and epoch == cfg.optim.epochs - 1 and swa.n > 0:
             metrics.update(_swa_metrics(objective.model, swa, train_data, val_data, cfg, autocast))
