@@ -1,0 +1,146 @@
+"""Shared fixtures: the repository paths, a token-auth environment for Ray subprocesses, and a real one-node Ray
+cluster on 127.0.0.1 started with ``ray start --head --block`` in its own temp dir and ports.
+
+The cluster is stopped by terminating the ``ray start --block`` process the fixture started (never ``ray stop``,
+which would end every Ray process on the machine, other people's included).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+RAY_BIN = str(Path(sys.executable).parent / "ray")
+# Ray's workers take ports 10002-19999 by default; pinned ports stay below the Linux ephemeral range too.
+_PORT_RANGE = (20000, 32000)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports in ``_PORT_RANGE`` that are free on 127.0.0.1 right now."""
+    ports: list[int] = []
+    rng = secrets.SystemRandom()
+    while len(ports) < n:
+        port = rng.randrange(*_PORT_RANGE)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="session")
+def auth_env() -> dict[str, str]:
+    """Environment for Ray subprocesses: token auth on, with a token of this test session.
+
+    Ray 2.60 reads the token from ``RAY_AUTH_TOKEN``, else the file named by ``RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token`` (it is not kept in ``--temp-dir``); the environment variable keeps the shared home
+    directory untouched. ``RAY_AUTH_MODE=token`` makes clients (``ray job submit``) send it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    gcs_address: str  # host:port, for RAY_ADDRESS
+    dashboard_url: str  # for `ray job submit --address`
+    temp_dir: Path
+    env: dict[str, str]  # the client environment (token auth)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as err:
+            if getattr(err, "code", None) in (401, 403):  # up, and asking for the token
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not come up in {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate the ``ray start --block`` process we started: it takes its node's processes down with it.
+
+    Only if it does not exit in a minute is its own process group (a session of its own) killed.
+    """
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def start_head(env: dict[str, str], num_cpus: int = 2) -> tuple[subprocess.Popen[bytes], RayCluster]:
+    """Start ``ray start --head --block`` on 127.0.0.1 with its own temp dir and pinned ports."""
+    # A short temp dir: Ray's unix socket paths must stay under 108 characters.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    gcs, dash, client, agent, agent_grpc, metrics, rt_agent, nm, om = free_ports(9)
+    cmd = [RAY_BIN, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+           f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_agent}",
+           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--num-cpus={num_cpus}",
+           "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    log = open(temp_dir / "ray_start.log", "wb")  # noqa: SIM115 - closed with the cluster
+    # SIGTERM drains the node for up to 30 s (for Serve); a test cluster has nothing to drain.
+    node_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"}
+    proc = subprocess.Popen(cmd, env=node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, env)
+    try:
+        _wait_http(f"{cluster.dashboard_url}/api/version", proc, timeout=120)
+    except Exception:
+        _stop(proc)
+        log.close()
+        raise RuntimeError((temp_dir / "ray_start.log").read_text()[-3000:]) from None
+    return proc, cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(auth_env: dict[str, str]) -> Iterator[RayCluster]:
+    """A one-node Ray cluster (2 CPUs, token auth) that only this test module uses; stopped afterwards."""
+    proc, cluster = start_head(auth_env)
+    try:
+        yield cluster
+    finally:
+        _stop(proc)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+def run_tune(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python orchestrator/tune.py ARGS`` as a subprocess; stdout and stderr together in ``.stdout``."""
+    return subprocess.run([PYTHON, str(REPO / "orchestrator" / "tune.py"), *args], env=env, cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)

@@ -1,0 +1,197 @@
+"""End-to-end studies on a real Ray cluster (``ray start --head`` on 127.0.0.1, token auth, 2 CPUs).
+
+Kept few: one submitted smoke study checks completion, the Parquet table, a forced failure, what Optuna was told
+and the all-reduced accuracy; one study has its driver killed and is resumed; one run is refused for GPUs the
+cluster lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import PYTHON, RAY_BIN, REPO, RayCluster, run_tune
+
+from arat_train.config import TrainConfig
+from arat_train.evaluation import accuracy_counts, eval_mode
+from arat_train.train import CHECKPOINT_NAME, build, load_checkpoint, load_data
+
+pytestmark = pytest.mark.ray
+
+# The smoke shrink without --smoke-test's 2-epoch cap: 3 epochs, so a killed study has trials in mid-run.
+SHRUNK = ["data.train_limit=512", "eval.max_examples=512", "arat.balance_samples=256"]
+
+
+def _sets(pairs: list[str]) -> list[str]:
+    return [arg for p in pairs for arg in ("--set", p)]
+
+
+def _recomputed_clean_acc(checkpoint_dir: str, world_size: int) -> tuple[float, int]:
+    """Clean accuracy (adv BN, eval mode) of a checkpoint on the whole validation split, in this process.
+
+    Each shard is evaluated as its rank did (same shard, batch size and one thread): CPU kernels round
+    differently with other batch shapes and thread counts, which flips near-tied predictions of a 2-epoch model.
+    """
+    ckpt = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    train_data, val_data = load_data(cfg, torch.device("cpu"))
+    objective = build(cfg, train_data.num_classes, int(train_data.x.shape[1]), torch.device("cpu"))
+    objective.model.load_state_dict(ckpt["model"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    clean = total = 0
+    try:
+        with eval_mode(objective.model):
+            for rank in range(world_size):
+                counts = accuracy_counts(partial(objective.model, bn="adv"), val_data, None,
+                                         batch_size=cfg.eval.batch_size, rank=rank, world_size=world_size,
+                                         max_examples=cfg.eval.max_examples)
+                clean, total = clean + int(counts["clean"]), total + int(counts["total"])
+    finally:
+        torch.set_num_threads(threads)
+    return clean / total, total
+
+
+def _optuna_trials(study_dir: Path) -> dict[str, tuple[str, list[float] | None]]:
+    """Tune trial id -> (Optuna state, values) from the searcher state Tune saved with the study."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(study_dir))
+    assert searcher._ot_study is not None
+    frozen = {t.number: t for t in searcher._ot_study.trials}
+    return {tid: (frozen[t.number].state.name, frozen[t.number].values) for tid, t in searcher._ot_trials.items()}
+
+
+def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """`ray job submit` of the smoke study: 3 trials of 2 DDP workers (0.5 CPU each), trial 1 forced to fail."""
+    storage = tmp_path / "runs"
+    cmd = [RAY_BIN, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".", "--",
+           "python", "orchestrator/tune.py", "--smoke-test", "--name", "smoke", "--storage-path", str(storage),
+           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", "debug.fail_trials=[1]"]
+    proc = subprocess.run(cmd, env=ray_cluster.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "Pareto front" in proc.stdout
+
+    study = storage / "smoke"
+    frame = pd.read_parquet(study / "trials.parquet")
+    trial_dirs = {p.name.split("_", 1)[1] for p in study.glob("t0*_*") if p.is_dir()}
+    assert len(frame) == 3 and set(frame["trial_id"]) == trial_dirs
+    for col in ("trial_id", "status", "error", "clean_acc", "robust_acc", "checkpoint_path", "pareto",
+                "pareto_rank", "config/arat.gamma", "config/attack.eps", "config/optim.epochs", "epoch"):
+        assert col in frame.columns, col
+
+    failed = frame[frame["status"] == "ERROR"]
+    finished = frame[frame["status"] == "TERMINATED"]
+    assert len(failed) == 1 and len(finished) == 2
+    assert "ForcedTrialFailure" in failed["error"].iloc[0]
+    assert not failed["pareto"].iloc[0] and failed["pareto_rank"].iloc[0] == -1
+    assert finished["pareto"].any() and (finished["pareto_rank"] >= 0).all()
+    assert finished[["clean_acc", "robust_acc"]].notna().all().all()
+    assert (finished["epoch"] == 2).all()
+
+    # Optuna was told the failure as a failure, and the finished trials' values as reported.
+    told = _optuna_trials(study)
+    assert told[failed["trial_id"].iloc[0]] == ("FAIL", None)
+    for row in finished.itertuples():
+        assert told[row.trial_id] == ("COMPLETE", [row.clean_acc, row.robust_acc])
+
+    # Rank 0 reported the accuracy of all ranks' shards: recompute it from the final checkpoint in one process.
+    for row in finished.itertuples():
+        assert row.checkpoint_path.endswith("epoch_0002") and Path(row.checkpoint_path, CHECKPOINT_NAME).is_file()
+        assert row.eval_examples == 397  # the all-reduced count: both ranks' shards
+        clean, examples = _recomputed_clean_acc(row.checkpoint_path, world_size=2)
+        assert examples == 397 and clean == row.clean_acc
+
+
+def _experiment_statuses(study_dir: Path) -> dict[str, str]:
+    states = sorted(study_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):  # being rewritten
+        return {}
+    out = {}
+    for trial_json, _ in data["trial_data"]:
+        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+def _train_epochs(study_dir: Path) -> dict[str, int]:
+    """Tune trial id -> the epoch of the latest checkpoint its Train run has committed (0 if none yet).
+
+    Read from Ray Train's checkpoint-manager snapshot, which is what a restarted run resumes from: a checkpoint
+    directory already copied to storage but not yet in the snapshot does not count.
+    """
+    out = {}
+    for snapshot in (study_dir / "train_runs").glob("*_*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        except (OSError, json.JSONDecodeError):  # being rewritten
+            continue
+        name = str(latest.get("checkpoint_dir_name") or "epoch_0")
+        out[snapshot.parent.name.rsplit("_", 1)[1]] = int(name.split("_")[1])
+    return out
+
+
+def test_killed_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """Kill the driver once one trial has finished and another is mid-run; --resume completes the study."""
+    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
+    storage, epochs = tmp_path / "runs", 3
+    args = ["--name", "killed", "--num-samples", "3", "--storage-path", str(storage),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_sets([*SHRUNK, f"optim.epochs={epochs}"])]
+    study = storage / "killed"
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    driver = subprocess.Popen([PYTHON, str(REPO / "orchestrator" / "tune.py"), *args], env=env, cwd=tmp_path,
+                              stdout=log, stderr=subprocess.STDOUT)
+    finished_before: set[str] = set()
+    try:
+        deadline = time.monotonic() + 480
+        while time.monotonic() < deadline and driver.poll() is None:
+            statuses, reached = _experiment_statuses(study), _train_epochs(study)
+            finished_before = {t for t, s in statuses.items() if s == "TERMINATED"}
+            midway = {t for t, e in reached.items() if 0 < e < epochs and statuses.get(t) == "RUNNING"}
+            if finished_before and midway:
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert finished_before and midway, "the study never had a finished and a mid-run trial at once"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    time.sleep(2)  # let the cluster notice the driver is gone and stop its trials
+
+    proc = run_tune(["--resume", "--name", "killed", "--storage-path", str(storage),
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    frame = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
+    assert len(frame) == 3 and (frame["status"] == "TERMINATED").all(), frame[["status", "error"]]
+    assert (frame["epoch"] == epochs).all()
+    for trial_id in finished_before:  # kept: not trained again
+        assert frame.loc[trial_id, "resumed_from_epoch"] == 0
+    for trial_id in midway:  # continued from its last epoch, not from scratch
+        assert frame.loc[trial_id, "resumed_from_epoch"] >= 1
+
+
+def test_refuses_more_gpus_than_the_cluster_has(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
+    proc = run_tune(["--storage-path", str(tmp_path / "runs"), *_sets(
+        ["scaling.use_gpu=true", "scaling.gpus_per_worker=1", "device=auto"])], env=env, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "error: scaling.gpus_per_worker: a trial needs 2 GPUs" in proc.stdout
+    assert "the Ray cluster has 0" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
