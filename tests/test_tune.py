@@ -14,15 +14,22 @@ import subprocess
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import mlflow.pytorch
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import PYTHON, RAY_BIN, REPO, RayCluster, run_tune
+from conftest_mlflow import mlflow_server  # noqa: F401  (fixture)
+from mlflow import MlflowClient
 
 from arat_train.config import TrainConfig
 from arat_train.evaluation import accuracy_counts, eval_mode
 from arat_train.train import CHECKPOINT_NAME, build, load_checkpoint, load_data
+from orchestrator.pareto import pareto_mask
+from orchestrator.tracking import _scoped_tracking_uri
 
 pytestmark = pytest.mark.ray
 
@@ -71,12 +78,55 @@ def _optuna_trials(study_dir: Path) -> dict[str, tuple[str, list[float] | None]]
     return {tid: (frozen[t.number].state.name, frozen[t.number].values) for tid, t in searcher._ot_trials.items()}
 
 
-def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path) -> None:
-    """`ray job submit` of the smoke study: 3 trials of 2 DDP workers (0.5 CPU each), trial 1 forced to fail."""
+def _mlflow_runs(uri: str, study: str) -> tuple[Any, list[Any]]:
+    """The study's parent run and its child runs, as the MLflow UI would list them."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1  # nothing outside the study's tree
+    return parents[0], children
+
+
+def _check_mlflow(uri: str, study: str, frame: pd.DataFrame) -> None:
+    """One parent, one child per trial, per-epoch metrics, FAILED with its reason, Pareto tags, a loadable model."""
+    client = MlflowClient(uri)
+    parent, children = _mlflow_runs(uri, study)
+    by_trial = {r.data.tags["trial_id"]: r for r in children}
+    assert set(by_trial) == set(frame["trial_id"])
+    finished = frame[frame["status"] == "TERMINATED"]
+    for row in frame.itertuples():
+        run = by_trial[row.trial_id]
+        if row.status == "ERROR":
+            assert run.info.status == "FAILED" and "ForcedTrialFailure" in run.data.tags["failure_reason"]
+            continue
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "robust_acc")
+        assert sorted(m.step for m in history) == [1, 2]  # per epoch, step = epoch
+        assert run.data.metrics["clean_acc"] == row.clean_acc
+    points = np.array([[by_trial[t].data.metrics["clean_acc"], by_trial[t].data.metrics["robust_acc"]]
+                       for t in finished["trial_id"]])
+    tagged = [by_trial[t].data.tags["pareto"] == "true" for t in finished["trial_id"]]
+    assert tagged == pareto_mask(points).tolist() == finished["pareto"].tolist()
+    names = {Path(f.path).name for f in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {"front.csv", "trials.parquet", "front.png", "front.html", "hypervolume.png"} <= names
+    front = [by_trial[t] for t, on in zip(finished["trial_id"], tagged, strict=True) if on]
+    with _scoped_tracking_uri(uri):
+        model = mlflow.pytorch.load_model(front[0].data.tags["model_uri"])
+    with torch.no_grad():
+        assert model(torch.rand(4, 1, 16, 16)).shape == (4, 10)
+
+
+def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_server: str) -> None:  # noqa: F811
+    """`ray job submit` of the smoke study: 3 trials of 2 DDP workers (0.5 CPU each), trial 1 forced to fail,
+    tracked over HTTP by a real `mlflow server`."""
     storage = tmp_path / "runs"
     cmd = [RAY_BIN, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".", "--",
            "python", "orchestrator/tune.py", "--smoke-test", "--name", "smoke", "--storage-path", str(storage),
-           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", "debug.fail_trials=[1]"]
+           "--tracking-uri", mlflow_server, "--set", "debug.fail_trials=[1]"]
     proc = subprocess.run(cmd, env=ray_cluster.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -111,6 +161,7 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path) -> None:
         assert row.eval_examples == 397  # the all-reduced count: both ranks' shards
         clean, examples = _recomputed_clean_acc(row.checkpoint_path, world_size=2)
         assert examples == 397 and clean == row.clean_acc
+    _check_mlflow(mlflow_server, "smoke", frame)
 
 
 def _experiment_statuses(study_dir: Path) -> dict[str, str]:
@@ -185,6 +236,10 @@ def test_killed_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
         assert frame.loc[trial_id, "resumed_from_epoch"] == 0
     for trial_id in midway:  # continued from its last epoch, not from scratch
         assert frame.loc[trial_id, "resumed_from_epoch"] >= 1
+    # The embedded SQLite store: the resumed study reused its parent run and each trial's run.
+    _, children = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(frame.index)
+    assert all(r.info.status == "FINISHED" for r in children)
 
 
 def test_refuses_more_gpus_than_the_cluster_has(ray_cluster: RayCluster, tmp_path: Path) -> None:
