@@ -144,3 +144,14 @@ def run_tune(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float 
     """``python orchestrator/tune.py ARGS`` as a subprocess; stdout and stderr together in ``.stdout``."""
     return subprocess.run([PYTHON, str(REPO / "orchestrator" / "tune.py"), *args], env=env, cwd=cwd,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module: small models gain little from two, and two stall when the cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
