@@ -177,8 +177,12 @@ class EvalConfig:
 class PerfConfig:
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
-    compile: bool = False
+    compile: bool = False  # torch.compile the network (first epoch pays the compile time)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     num_threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        _require(self.num_threads >= 0, "num_threads", f"must be >= 0 (0 = torch's default), got {self.num_threads}")
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,12 @@ def build(cfg: TrainConfig, num_classes: int, in_channels: int, device: torch.de
     return objective
 
 
+def make_optimizer(objective: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.SGD:
+    """SGD over every parameter of the objective; one fused kernel for the whole update on CUDA."""
+    return torch.optim.SGD(objective.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov, fused=device.type == "cuda" or None)
+
+
 def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.perf.channels_last == "on" or (cfg.perf.channels_last == "auto" and device.type == "cuda")
 
@@ -253,9 +259,7 @@ def train(
     train_data, val_data = train_data.to(device), val_data.to(device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     objective = build(cfg, train_data.num_classes, int(train_data.x.shape[1]), device)
-    optimizer = torch.optim.SGD(objective.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
-                                foreach=device.type == "cuda" or None)
+    optimizer = make_optimizer(objective, cfg.optim, device)
     steps_per_epoch = len(epoch_batches(len(train_data), cfg.optim.batch_size, 0, cfg.seed, rank, world))
     total_steps = steps_per_epoch * cfg.optim.epochs
     swa = ParamAverage(int(cfg.swa.start * total_steps), cfg.swa.every) if cfg.swa.enabled else None
@@ -271,8 +275,10 @@ def train(
         state = RunState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
         _set_rng_state(ckpt["rng"])
         log.info("resumed from %s at epoch %d", resume_from, state.epoch)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick each convolution's fastest kernel once
     if cfg.perf.compile:
-        objective.model.compile()
+        objective.model.compile(mode=cfg.perf.compile_mode)
     step_module: nn.Module = objective
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(
@@ -304,6 +310,35 @@ def train(
     return metrics if metrics else dict(state.history[-1]) if state.history else {}
 
 
+def batch_inputs(data: ArrayData, batch: Tensor, *, augment: bool, generator: torch.Generator,
+                 channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Float images in [0, 1] and labels of the examples ``batch`` indexes, built on ``data``'s device."""
+    x, y = to_float(data.x[batch]), data.y[batch]
+    if augment:
+        x = random_crop_flip(x, generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def train_step(objective: Objective, step_module: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               attack: AttackConfig, a: float, lr: float,
+               autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> dict[str, Tensor]:
+    """One optimiser step: the attack, one forward of ``step_module`` (the objective, or its DDP wrapper), backward.
+
+    Returns the loss and its parts as device tensors; nothing here waits for the device.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast():
+        x, x_adv = objective.adversarial(x, y, attack)
+        parts = step_module(x, x_adv, y, a)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    return parts
+
+
 def _train_epoch(
     objective: Objective, step_module: nn.Module, optimizer: torch.optim.Optimizer, data: ArrayData,
     cfg: TrainConfig, state: RunState, epoch: int, total_steps: int, swa: ParamAverage | None,
@@ -325,20 +360,9 @@ def _train_epoch(
     start = time.perf_counter()
     lr = cfg.optim.lr
     for batch in progress(batches) if progress is not None else batches:
-        x, y = to_float(data.x[batch]), data.y[batch]
-        if cfg.data.augment:
-            x = random_crop_flip(x, gen)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = batch_inputs(data, batch, augment=cfg.data.augment, generator=gen, channels_last=channels_last)
         lr = lr_at(state.step, total_steps, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast():
-            x, x_adv = objective.adversarial(x, y, cfg.attack)
-            parts = step_module(x, x_adv, y, a)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
+        parts = train_step(objective, step_module, optimizer, x, y, cfg.attack, a, lr, autocast)
         state.step += 1
         if swa is not None and swa.due(state.step):
             swa.update(objective.model)

@@ -21,6 +21,7 @@ import resource
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -31,10 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from arat_train.config import TrainConfig
-from arat_train.data import random_crop_flip
+from arat_train.data import ArrayData
 from arat_train.losses import arat_loss
-from arat_train.train import Objective, build
+from arat_train.train import Objective, batch_inputs, build, make_optimizer, train_step
 
+VARIANTS = ("plain", "fast-fp32", "fast-bf16", "fast-fp32-compile", "fast-bf16-compile")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core rates
 
 
@@ -101,30 +103,43 @@ def run_plain(obj: Objective, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor
 
 def run_fast(obj: Objective, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
              iters: int, warmup: int, bf16: bool, channels_last: bool) -> float:
-    xd, yd = x.to(device), y.to(device)
+    """The library's own step (``batch_inputs`` + ``train_step``), fed as ``train`` feeds it."""
+    data = ArrayData(x, y, 10).to(device)  # uint8, resident on the device
     gen = torch.Generator(device=device).manual_seed(0)
-    opt = torch.optim.SGD(obj.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
-                          foreach=device.type == "cuda" or None)
+    opt = make_optimizer(obj, cfg.optim, device)
     bs = cfg.optim.batch_size
+    order = torch.randperm(len(data) - len(data) % bs, device=device, generator=gen)
+    batches = list(order.split(bs))
+    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext
     obj.train()
-    ctx = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
     start = 0.0
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
-        idx = torch.randint(0, len(yd), (bs,), device=device, generator=gen)
-        xb = random_crop_flip(xd[idx].float().div_(255.0), gen)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with ctx():
-            xb, x_adv = obj.adversarial(xb, yd[idx], cfg.attack)
-            loss = obj(xb, x_adv, yd[idx], 0.5)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        xb, yb = batch_inputs(data, batches[i % len(batches)], augment=True, generator=gen,
+                              channels_last=channels_last)
+        train_step(obj, obj, opt, xb, yb, cfg.attack, 0.5, 0.01, autocast)
     _sync(device)
     return iters * bs / (time.perf_counter() - start)
+
+
+def profile(obj: Objective, variant: str, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+            steps: int, trace: Path) -> None:
+    """Where a fast step's time goes: the top operators by device (or CPU) time, and a Chrome trace."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    channels_last = variant.startswith("fast") and device.type == "cuda"
+    with torch_profile(activities=activities) as prof:
+        run_fast(obj, cfg, x, y, device, steps, 0, "bf16" in variant, channels_last)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of {steps} steps of {variant}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace))
+    print(f"wrote {trace} (open in chrome://tracing or https://ui.perfetto.dev)")
 
 
 def _sync(device: torch.device) -> None:
@@ -154,13 +169,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--variants", default="plain,fast-fp32,fast-bf16",
-                        help="comma-separated: plain, fast-fp32, fast-bf16")
+                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode of the *-compile variants")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile this many steps of the last fast variant: top kernels, trace")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure the variants in turn this many times and keep each one's best")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="the device's dense bf16 peak for the FLOP-floor fraction (auto on H100/A100)")
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; allowed: {', '.join(VARIANTS)}")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -175,22 +199,27 @@ def main() -> None:
     best: dict[str, dict[str, float | None]] = {}
     gflop_fwd = 0.0
     work = 0.0
+    last_fast: tuple[Objective, str] | None = None
     for _ in range(args.repeats):  # interleaved, so drifting load hits every variant alike
-        for variant in args.variants.split(","):
+        for variant in variants:
             torch.manual_seed(0)
             channels_last = variant.startswith("fast") and device.type == "cuda"
+            bf16 = "bf16" in variant
             obj = build(cfg, 10, channels, device)
             if channels_last:
                 obj.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             gflop_fwd = gflop_fwd or forward_gflops(obj, (channels, size, size), device)
             work = (2 * args.attack_steps + 6) * gflop_fwd  # GFLOP per image, DESIGN §3
+            if variant.endswith("-compile"):
+                obj.model.compile(mode=args.compile_mode)
             if device.type == "cuda":
+                torch.backends.cudnn.benchmark = variant != "plain"
                 torch.cuda.reset_peak_memory_stats(device)
             if variant == "plain":
                 ips = run_plain(obj, cfg, x, y, device, args.iters, args.warmup)
             else:
-                ips = run_fast(obj, cfg, x, y, device, args.iters, args.warmup, variant == "fast-bf16",
-                               channels_last)
+                ips = run_fast(obj, cfg, x, y, device, args.iters, args.warmup, bf16, channels_last)
+                last_fast = (obj, variant)
             if variant not in best or ips > (best[variant]["images_per_s"] or 0.0):
                 best[variant] = {"variant": variant, "images_per_s": ips, "peak_mem_mb": _peak_mem_mb(device),
                                  "tflops": ips * work / 1e3,
@@ -207,6 +236,8 @@ def main() -> None:
         floor = f"{100 * r['floor_fraction']:.1f}" if r["floor_fraction"] is not None else "-"
         print(f"{r['variant']:<10} {r['images_per_s']:>10.1f} {r['ratio_vs_plain']:>8.2f} {r['tflops']:>8.3f} "
               f"{floor:>8} {r['peak_mem_mb']:>9.0f}")
+    if args.profile and last_fast is not None:
+        profile(last_fast[0], last_fast[1], cfg, x, y, device, args.profile, Path(args.out).with_suffix(".trace.json"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
