@@ -22,7 +22,6 @@ if __package__ in (None, ""):
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,6 +30,7 @@ from typing import Any  # noqa: E402
 import yaml  # noqa: E402
 
 from arat_train.config import flatten  # noqa: E402
+from orchestrator.capacity import UNBOUNDED, NodeShape, concurrent_trials  # noqa: E402
 from orchestrator.space import (  # noqa: E402
     OBJECTIVES,
     SpecError,
@@ -145,23 +145,44 @@ def _gpu_message(spec: StudySpec, have: float, where: str) -> str:
             f"{s.gpus_per_worker:g}) but {where} has {have:g}; lower them or use a cluster with more GPUs")
 
 
-def check_cluster(spec: StudySpec) -> int:
-    """Refuse a trial the cluster cannot hold; return how many trials may run at once."""
+def cluster_nodes() -> tuple[list[NodeShape], bool]:
+    """The alive nodes of the joined cluster, plus the node types its autoscaler may add; and whether it autoscales.
+
+    The autoscaler publishes its node types (with their maximum counts) in the GCS; Ray reads them through
+    ``ray._private.state`` (as Ray Data does). Without that record (a fixed cluster) only the alive nodes count.
+    """
     import ray
 
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    nodes = [NodeShape(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
+                       name=str(n.get("NodeManagerAddress", "node"))) for n in ray.nodes() if n.get("Alive")]
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception as err:  # a private reader: never let it stop a study
+        log.debug("no autoscaler configuration: %s", err)
+        config = None
+    added = [NodeShape(float(g.resources.get("CPU", 0)), float(g.resources.get("GPU", 0)),
+                       UNBOUNDED if g.max_count < 0 else int(g.max_count), g.name)
+             for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
+    return nodes + added, bool(added)
+
+
+def check_cluster(spec: StudySpec) -> int:
+    """Refuse a trial the cluster cannot place; return how many trials may run at once."""
+    nodes, autoscaling = cluster_nodes()
+    cpus = sum(n.cpus * n.count for n in nodes)
+    gpus = sum(n.gpus * n.count for n in nodes)
+    where = "the Ray cluster" + (" (with every node its autoscaler may add)" if autoscaling else "")
     s = spec.scaling
     if s.gpus_per_trial > gpus + 1e-9:
-        raise SpecError("scaling.gpus_per_worker", _gpu_message(spec, gpus, "the Ray cluster"))
+        raise SpecError("scaling.gpus_per_worker", _gpu_message(spec, gpus, where))
     if s.cpus_per_trial > cpus + 1e-9:
         raise SpecError("scaling.cpus_per_worker",
                         f"a trial needs {s.cpus_per_trial:g} CPUs (num_workers {s.num_workers} x cpus_per_worker "
-                        f"{s.cpus_per_worker:g}) but the Ray cluster has {cpus:g}")
-    fits = math.floor(cpus / s.cpus_per_trial + 1e-9)
-    if s.gpus_per_trial > 0:
-        fits = min(fits, math.floor(gpus / s.gpus_per_trial + 1e-9))
-    return max(1, min(fits, spec.search.max_concurrent or fits, spec.search.num_samples))
+                        f"{s.cpus_per_worker:g}) but {where} has {cpus:g}")
+    limit = min(spec.search.max_concurrent or spec.search.num_samples, spec.search.num_samples)
+    return max(1, concurrent_trials(nodes, s, limit))
 
 
 def make_callbacks(args: argparse.Namespace, study: Study) -> list[Any]:

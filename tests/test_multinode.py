@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import RAY_BIN, REPO, RayCluster, _stop, free_ports, start_head
+from conftest import RAY_BIN, REPO, RayCluster, _stop, free_ports, run_tune, start_head
 
 from orchestrator.space import SpecError, load_spec
 
@@ -153,6 +153,19 @@ def test_ddp_spans_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
     trial = frame.iloc[0]
     assert trial["epoch"] == 2 and trial["eval_examples"] == 128  # both ranks' shards, all-reduced
     assert set(trial["node_ids"].split(",")) == {two_nodes.head_id, two_nodes.second.node_id}
+
+
+@pytest.mark.ray
+def test_strict_spread_wider_than_the_cluster_is_refused(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    """3 workers of 0.5 CPU: the 3 CPUs would hold them, but STRICT_SPREAD wants 3 nodes and there are 2."""
+    assert two_nodes.second.proc.poll() is None, "the second node is gone (the node-loss test runs last)"
+    cluster = two_nodes.cluster
+    proc = run_tune(["--storage-path", str(tmp_path / "runs"), *_sets(
+        ["scaling.placement_strategy=STRICT_SPREAD", "scaling.num_workers=3"])],
+        env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "STRICT_SPREAD puts each of a trial's 3 workers on its own node, but only 2 node(s)" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def _results(trial_dir: Path) -> list[dict[str, Any]]:

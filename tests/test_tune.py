@@ -250,3 +250,15 @@ def test_refuses_more_gpus_than_the_cluster_has(ray_cluster: RayCluster, tmp_pat
     assert "error: scaling.gpus_per_worker: a trial needs 2 GPUs" in proc.stdout
     assert "the Ray cluster has 0" in proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_a_placement_no_node_set_can_hold(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """STRICT_SPREAD of 2 workers on a one-node cluster: enough CPUs in all, but its placement group would wait
+    forever for a second node. Refused after joining, before any trial or file."""
+    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
+    proc = run_tune(["--storage-path", str(tmp_path / "runs"), *_sets(["scaling.placement_strategy=STRICT_SPREAD"])],
+                    env=env, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert ("error: scaling.placement_strategy: STRICT_SPREAD puts each of a trial's 2 workers on its own node, but "
+            "only 1 node(s) can hold a worker") in proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,79 @@
+"""Can the Ray cluster place a trial's workers, and how many trials at once? Pure functions over node shapes.
+
+A trial is ``num_workers`` bundles of ``{CPU: cpus_per_worker, GPU: gpus_per_worker}`` in one placement group; a
+bundle never spans nodes, and the placement strategy decides how the bundles may share them:
+
+* ``PACK`` / ``SPREAD``: any nodes (soft preferences);
+* ``STRICT_PACK``: all bundles on one node;
+* ``STRICT_SPREAD``: each bundle on a different node.
+
+A placement group that no node set can satisfy waits forever, so the study is refused up front, naming the field.
+On an autoscaling cluster the shapes include the node types the autoscaler may still add (up to their maximum).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.space import Scaling, SpecError
+
+UNBOUNDED = 1_000  # node count used for an autoscaler node type without a maximum
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """``count`` nodes with ``cpus`` CPUs and ``gpus`` GPUs each (alive now, or that the autoscaler may add)."""
+
+    cpus: float
+    gpus: float
+    count: int = 1
+    name: str = "node"
+
+
+def workers_per_node(node: NodeShape, s: Scaling) -> int:
+    """How many of a trial's worker bundles one such node holds."""
+    fit = math.floor(node.cpus / s.cpus_per_worker + _EPS)
+    if s.use_gpu and s.gpus_per_worker > 0:
+        fit = min(fit, math.floor(node.gpus / s.gpus_per_worker + _EPS))
+    return max(0, fit)
+
+
+def concurrent_trials(nodes: Sequence[NodeShape], s: Scaling, limit: int) -> int:
+    """The most trials of shape ``s`` (at most ``limit``) the nodes hold at once; :class:`SpecError` when not even
+    one fits."""
+    fits = [(workers_per_node(n, s), n.count) for n in nodes]
+    n = s.num_workers
+    if not any(f > 0 for f, _ in fits):
+        largest = max(nodes, key=lambda x: (x.gpus, x.cpus), default=NodeShape(0, 0))
+        gpu_short = s.use_gpu and all(x.gpus + _EPS < s.gpus_per_worker for x in nodes)
+        need = f"{s.cpus_per_worker:g} CPUs" + (f" and {s.gpus_per_worker:g} GPUs" if s.use_gpu else "")
+        raise SpecError("scaling.gpus_per_worker" if gpu_short else "scaling.cpus_per_worker",
+                        f"a worker needs {need} on one node, but no node has that (largest: {largest.cpus:g} CPUs, "
+                        f"{largest.gpus:g} GPUs); a worker cannot span nodes: lower the per-worker resources")
+    if s.placement_strategy == "STRICT_PACK":
+        best = max(f for f, _ in fits)
+        if best < n:
+            raise SpecError("scaling.placement_strategy",
+                            f"STRICT_PACK puts all {n} workers of a trial on one node, but no node holds more than "
+                            f"{best}; use PACK, or num_workers <= {best}")
+        return min(limit, sum(c * (f // n) for f, c in fits))
+    if s.placement_strategy == "STRICT_SPREAD":
+        hosts = sum(c for f, c in fits if f > 0)
+        if hosts < n:
+            raise SpecError("scaling.placement_strategy",
+                            f"STRICT_SPREAD puts each of a trial's {n} workers on its own node, but only {hosts} "
+                            f"node(s) can hold a worker; use SPREAD, or num_workers <= {hosts}")
+        # t trials need t workers on each of n distinct nodes per trial: sum over nodes of min(fit, t) >= t * n.
+        t = 1
+        while t < limit and sum(c * min(f, t + 1) for f, c in fits) >= (t + 1) * n:
+            t += 1
+        return t
+    total = sum(c * f for f, c in fits)
+    if total < n:
+        raise SpecError("scaling.num_workers",
+                        f"a trial needs {n} workers but the nodes can place only {total} (each worker needs "
+                        f"{s.cpus_per_worker:g} CPUs on one node); lower num_workers or cpus_per_worker")
+    return min(limit, total // n)
