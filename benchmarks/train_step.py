@@ -231,10 +231,10 @@ def main() -> None:
 
     print(f"{args.model}, batch {args.batch_size}, {args.attack_steps} attack steps, {name} ({device}); "
           f"{gflop_fwd:.3f} GFLOP/forward, {(2 * args.attack_steps + 6) * gflop_fwd:.1f} GFLOP/image")
-    print(f"{'variant':<10} {'images/s':>10} {'x plain':>8} {'TFLOP/s':>8} {'floor %':>8} {'peak MB':>9}")
+    print(f"{'variant':<18} {'images/s':>10} {'x plain':>8} {'TFLOP/s':>8} {'floor %':>8} {'peak MB':>9}")
     for r in rows:
         floor = f"{100 * r['floor_fraction']:.1f}" if r["floor_fraction"] is not None else "-"
-        print(f"{r['variant']:<10} {r['images_per_s']:>10.1f} {r['ratio_vs_plain']:>8.2f} {r['tflops']:>8.3f} "
+        print(f"{r['variant']:<18} {r['images_per_s']:>10.1f} {r['ratio_vs_plain']:>8.2f} {r['tflops']:>8.3f} "
               f"{floor:>8} {r['peak_mem_mb']:>9.0f}")
     if args.profile and last_fast is not None:
         profile(last_fast[0], last_fast[1], cfg, x, y, device, args.profile, Path(args.out).with_suffix(".trace.json"))
