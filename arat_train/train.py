@@ -128,8 +128,11 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> Callable[[], AbstractCo
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every generator's state, as tensors and plain Python values (a checkpoint loads with ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state()}
+                             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                                       float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -138,7 +141,8 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -173,8 +177,12 @@ def save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Opt
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Checkpoints hold only tensors and plain Python values, so they load with ``weights_only=True``: a file that
+    asks the unpickler for anything else (code to run) is refused instead of executed.
+    """
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def build(cfg: TrainConfig, num_classes: int, in_channels: int, device: torch.device) -> Objective:

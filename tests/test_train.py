@@ -102,3 +102,37 @@ def test_library_imports_no_orchestration_packages() -> None:
             "print(bad); sys.exit(1 if bad else 0)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from arat_train.train import _rng_state, _set_rng_state
+
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    torch.save({"rng": _rng_state()}, tmp_path / "rng.pt")
+    first = (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist())
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist()) == first
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(path, "w")``: what a planted checkpoint could do with any callable."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (self.path, "w")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "ran"
+    torch.save({"epoch": 1, "model": {}, "payload": _RunsCode(str(marker))}, tmp_path / "planted.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_checkpoint(tmp_path / "planted.pt")
+    assert not marker.exists()
