@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FAILURE_RECORD = "trial_failure.json"
 CHECKPOINTS_TO_KEEP = 2  # the latest is what a front model is logged from; one more covers a report in flight
+TRAIN_LOG_LEVEL = "WARNING"  # Ray Train's console level (its log files under the session directory keep INFO)
 
 
 class TrialFailed(RuntimeError):
@@ -102,6 +103,9 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
             failure_config=ray.train.FailureConfig(max_failures=study.train_max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             callbacks=[URIReportCallback(study.train_storage)],  # type: ignore[list-item]  # a V2 UserCallback
+            # Train's INFO lines (resources requested, worker group started, each report and checkpoint) would
+            # bury Tune's status table; they stay in Train's log files under the Ray session directory.
+            logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),
     )
     outcome = getattr(trainer.fit(), "return_value", None)  # fit raises once Train's retries are spent
@@ -162,6 +166,16 @@ def _write_failure(train_storage: str, run_name: str, error: str) -> None:
         fh.write(json.dumps({"error": error}).encode())
 
 
+def _quiet_report_log() -> None:
+    """Train's per-report INFO line ("Reporting training result ...") comes from a logger named after its module's
+    file, outside ``ray.train``, so LoggingConfig does not reach it: hold it to the same level."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(TRAIN_LOG_LEVEL)
+
+
 def worker_loop(config: dict[str, Any]) -> dict[str, str] | None:
     """Ray Train worker: ``arat_train.train`` with per-epoch ``ray.train.report``; rank 0 attaches checkpoints.
 
@@ -169,6 +183,7 @@ def worker_loop(config: dict[str, Any]) -> dict[str, str] | None:
     loss is all-reduced), ``None`` otherwise.
     """
     cfg = _on_worker_device(TrainConfig.from_dict(config["train"]))
+    _quiet_report_log()
     rank = ray.train.get_context().get_world_rank()
     node_id = ray.get_runtime_context().get_node_id()  # gathered into ``node_ids`` by URIReportCallback
     restored = ray.train.get_checkpoint()
