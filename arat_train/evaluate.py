@@ -229,9 +229,13 @@ class CliError(Exception):
     """A bad argument or input file; the CLI prints it and exits with status 2."""
 
 
-def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, TrainConfig, ArrayData]:
-    """Rebuild the checkpoint's model (or its SWA average) and load the requested split."""
-    path = Path(args.checkpoint)
+def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, data_root: str | None = None,
+                        swa: bool = False, seed: int = 0) -> tuple[nn.Module, TrainConfig, ArrayData]:
+    """The model of checkpoint ``path`` (or its SWA average), its config, and split ``split`` of its data set.
+
+    Raises :class:`CliError` for a missing or unreadable file, or one that is not a training checkpoint.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CliError(f"checkpoint not found: {path}")
     try:
@@ -241,27 +245,32 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, Tr
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CliError(f"{path} is not a checkpoint of arat_train.train (no 'config' / 'model' entries)")
     cfg = TrainConfig.from_dict(ckpt["config"])
-    if args.data_root:
-        cfg = replace(cfg, data=replace(cfg.data, root=args.data_root))
+    if data_root:
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if cfg.perf.num_threads:
         torch.set_num_threads(cfg.perf.num_threads)
     d = cfg.data
     kw = {"root": d.root, "val_size": d.val_size, "split_seed": d.split_seed, "image_size": d.image_size,
           "download": False, "fake_size": d.fake_size, "num_classes": d.num_classes}
-    data = load_dataset(d.dataset, args.split, **kw).to(device)  # type: ignore[arg-type]
+    data = load_dataset(d.dataset, split, **kw).to(device)  # type: ignore[arg-type]
     model = build(cfg, data.num_classes, int(data.x.shape[1]), device).model
     model.load_state_dict(ckpt["model"])
-    if args.swa:
+    if swa:
         if not ckpt.get("swa") or not ckpt["swa"]["n"]:
             raise CliError(f"{path} holds no SWA average (train with swa.enabled: true)")
         average = ParamAverage(0, 1)
         average.load_state_dict(ckpt["swa"])
         model = average.averaged(model)
         train_data, _ = load_data(cfg, device)
-        with _seeded(args.seed, device):
+        with _seeded(seed, device):
             reestimate_adv_bn(model, train_data, cfg.attack, batch_size=cfg.optim.batch_size,
                               augment=cfg.data.augment)
     return model, cfg, data
+
+
+def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, TrainConfig, ArrayData]:
+    return load_for_evaluation(args.checkpoint, args.split, device, data_root=args.data_root, swa=args.swa,
+                               seed=args.seed)
 
 
 def _parser() -> argparse.ArgumentParser:
