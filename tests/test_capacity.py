@@ -3,7 +3,15 @@ group would wait forever), and the number of trials run at once follows what the
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
 import pytest
+from conftest import REPO
 
 from orchestrator.capacity import NodeShape, concurrent_trials, workers_per_node
 from orchestrator.space import Scaling, SpecError
@@ -71,3 +79,48 @@ def test_autoscaler_node_types_count_with_their_maximum() -> None:
     nodes = [NodeShape(8, 0, name="head"), NodeShape(48, 4, count=2, name="gpu-x4")]
     assert concurrent_trials(nodes, _s(4, cpus=8, gpus=1), limit=16) == 2
     assert concurrent_trials(nodes, _s(1, cpus=8, gpus=1), limit=16) == 8
+
+
+_AUTOSCALER_SCRIPT = """
+import json, sys
+import ray
+from ray.core.generated import autoscaler_pb2
+from ray.experimental import internal_kv
+from orchestrator.space import SpecError, load_spec
+from orchestrator.tune import check_cluster
+
+spec = load_spec(sys.argv[1], ["scaling.use_gpu=true", "scaling.gpus_per_worker=1", "scaling.num_workers=4",
+                               "scaling.cpus_per_worker=1", "device=auto", "search.num_samples=8"])
+ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
+out = {}
+try:
+    check_cluster(spec)
+except SpecError as err:
+    out["before"] = str(err)
+# What the autoscaler publishes in the GCS: its node types, here up to two 8-CPU, 4-GPU nodes.
+config = autoscaler_pb2.ClusterConfig(node_group_configs=[autoscaler_pb2.NodeGroupConfig(
+    name="gpu-x4", resources={"CPU": 8, "GPU": 4}, min_count=0, max_count=2)])
+internal_kv._internal_kv_put(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), config.SerializeToString(),
+                             namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+out["after"] = check_cluster(spec)
+ray.shutdown()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_a_gpu_study_starts_on_a_cluster_whose_autoscaler_may_add_gpu_nodes() -> None:
+    """A real local Ray (1 CPU, no GPU): refused while nothing says GPU nodes may come; once the autoscaler's
+    record of its node types is in the GCS, 2 trials of 4 one-GPU workers fit (two 4-GPU nodes)."""
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 bytes
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _AUTOSCALER_SCRIPT, str(REPO / "search_spaces" / "quickstart.yaml")],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": temp},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert proc.returncode == 0 and line is not None, proc.stdout[-3000:]
+    out = json.loads(line[len("RESULT "):])
+    assert out["before"].startswith("scaling.gpus_per_worker: a trial needs 4 GPUs")
+    assert out["after"] == 2
