@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_perf import assert_bf16_channels_last_matches_fp32
 from torch import Tensor
 
 from arat_train.config import TrainConfig
@@ -47,22 +48,7 @@ def test_defaults_put_uint8_data_and_a_channels_last_model_on_the_gpu() -> None:
 
 
 def test_bf16_channels_last_loss_matches_fp32_on_the_gpu() -> None:
-    device = torch.device("cuda")
-    cfg = TrainConfig.from_dict({"model": {"name": "resnet18"}, "attack": {"eps": 8, "steps": 2},
-                                 "perf": {"channels_last": "off"}})
-    torch.manual_seed(0)
-    obj = build(cfg, 10, 3, device).train()
-    x, y = torch.rand(32, 3, 32, 32, device=device), torch.randint(0, 10, (32,), device=device)
-    x_adv = (x + torch.empty_like(x).uniform_(-8 / 255, 8 / 255)).clamp(0, 1)
-    state = {k: v.clone() for k, v in obj.state_dict().items()}
-    ref = obj(x, x_adv, y, 0.5)
-    obj.load_state_dict(state)
-    obj.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    xl, xal = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_adv))
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        fast = obj(xl, xal, y, 0.5)
-    for key in ("loss", "ce_adv", "ce_clean", "inv_loss"):
-        assert fast[key].float().item() == pytest.approx(ref[key].item(), rel=5e-2, abs=5e-3), key
+    assert_bf16_channels_last_matches_fp32("resnet18", 3, 32, torch.device("cuda"), batch=32)
 
 
 def test_second_epoch_runs_without_a_host_synchronisation() -> None:

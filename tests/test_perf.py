@@ -14,12 +14,16 @@ from arat_train.config import TrainConfig
 from arat_train.train import build, train
 
 
-@pytest.mark.parametrize("model,channels,size", [("small_cnn", 1, 16), ("resnet18", 3, 32)])
-def test_bf16_channels_last_loss_matches_fp32(model: str, channels: int, size: int) -> None:
-    cfg = TrainConfig.from_dict({"model": {"name": model}, "attack": {"eps": 8, "steps": 2}})
+def assert_bf16_channels_last_matches_fp32(model: str, channels: int, size: int, device: torch.device,
+                                           batch: int = 16) -> None:
+    """The objective's loss and parts on one batch: bf16 autocast + channels-last against fp32, same weights and
+    BN statistics, within bf16 tolerance. Shared with test_cuda.py."""
+    cfg = TrainConfig.from_dict({"model": {"name": model}, "attack": {"eps": 8, "steps": 2},
+                                 "perf": {"channels_last": "off"}})
     torch.manual_seed(0)
-    obj = build(cfg, 10, channels, torch.device("cpu")).train()
-    x, y = torch.rand(16, channels, size, size), torch.randint(0, 10, (16,))
+    obj = build(cfg, 10, channels, device).train()
+    x = torch.rand(batch, channels, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     torch.manual_seed(1)
     x_adv = (x + torch.empty_like(x).uniform_(-8 / 255, 8 / 255)).clamp(0, 1)
     state = {k: v.clone() for k, v in obj.state_dict().items()}
@@ -27,10 +31,15 @@ def test_bf16_channels_last_loss_matches_fp32(model: str, channels: int, size: i
     obj.load_state_dict(state)  # the forward above moved the BN statistics
     obj.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     xl, xal = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_adv))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         fast = obj(xl, xal, y, 0.5)
     for key in ("loss", "ce_adv", "ce_clean", "inv_loss"):
         assert fast[key].float().item() == pytest.approx(ref[key].item(), rel=5e-2, abs=5e-3), key
+
+
+@pytest.mark.parametrize("model,channels,size", [("small_cnn", 1, 16), ("resnet18", 3, 32)])
+def test_bf16_channels_last_loss_matches_fp32(model: str, channels: int, size: int) -> None:
+    assert_bf16_channels_last_matches_fp32(model, channels, size, torch.device("cpu"))
 
 
 def test_fast_path_reaches_the_same_accuracy_band_on_digits() -> None:
