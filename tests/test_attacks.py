@@ -70,6 +70,24 @@ def test_no_weight_gradients_accumulate(trained) -> None:  # type: ignore[no-unt
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_no_weight_gradient_is_even_computed(trained) -> None:  # type: ignore[no-untyped-def]
+    """A tensor hook fires whenever autograd computes that parameter's gradient: never during the attack (the
+    backward passes stop at the input), once per parameter for an ordinary backward (the control)."""
+    model, x, y = trained
+    computed: list[str] = []
+    handles = [p.register_hook(lambda g, n=name: computed.append(n)) for name, p in model.named_parameters()]
+    try:
+        pgd_attack(partial(model, bn="adv"), x, y, eps=8 / 255, step_size=2 / 255, steps=3)
+        assert computed == []
+        F.cross_entropy(model(x, bn="adv"), y).backward()
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(f"{c}.weight" in computed for c in convs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+
+
 def test_unknown_norm_is_refused(trained) -> None:  # type: ignore[no-untyped-def]
     model, x, y = trained
     with pytest.raises(ValueError, match="norm"):
