@@ -183,6 +183,8 @@ class PerfConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_threads >= 0, "num_threads", f"must be >= 0 (0 = torch's default), got {self.num_threads}")
+        _require(self.compile or self.compile_mode == "default", "compile_mode",
+                 f"{self.compile_mode!r} applies only with perf.compile: true")
 
 
 @dataclass(frozen=True)

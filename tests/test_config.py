@@ -28,6 +28,10 @@ from arat_train.train import lr_at
     ({"model": {"name": "vit"}}, "model.name", "allowed: 'small_cnn'"),
     ({"data": "digits"}, "data", "expected a mapping"),
     ({"optim": {"milestones": [0.9, 0.5]}}, "optim.milestones", "increasing fractions"),
+    ({"perf": {"compile_mode": "turbo", "compile": True}}, "perf.compile_mode", "allowed: 'default', 'reduce-overhead'"),
+    ({"perf": {"compile_mode": "reduce-overhead"}}, "perf.compile_mode", "applies only with perf.compile: true"),
+    ({"perf": {"num_threads": -1}}, "perf.num_threads", "must be >= 0"),
+    ({"perf": {"amp": "fp16"}}, "perf.amp", "allowed: 'auto', 'bf16', 'fp32'"),
 ])
 def test_bad_values_name_the_field_and_the_allowed_values(data: dict, field: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as info:
