@@ -8,7 +8,9 @@ bundle never spans nodes, and the placement strategy decides how the bundles may
 * ``STRICT_SPREAD``: each bundle on a different node.
 
 A placement group that no node set can satisfy waits forever, so the study is refused up front, naming the field.
-On an autoscaling cluster the shapes include the node types the autoscaler may still add (up to their maximum).
+On an autoscaling cluster the shapes include the node types the autoscaler may still add (up to their maximum):
+from the cluster launcher's config on the head (:func:`launcher_node_types`), or from the record an autoscaler
+publishes in the GCS.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from orchestrator.space import Scaling, SpecError
 
@@ -31,6 +37,26 @@ class NodeShape:
     gpus: float
     count: int = 1
     name: str = "node"
+
+
+def launcher_node_types(path: str | Path) -> list[NodeShape]:
+    """The worker node types of a Ray cluster-launcher config, each counted up to its ``max_workers``.
+
+    ``ray up`` leaves the cluster's config on the head as ``~/ray_bootstrap_config.yaml`` (the
+    ``--autoscaling-config`` of ``ray start --head``); its ``available_node_types`` carry each type's
+    ``resources`` and ``max_workers``, and the top-level ``max_workers`` caps them all. The head type is left out
+    (the head is alive already).
+    """
+    data: dict[str, Any] = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    cap = int(data.get("max_workers", UNBOUNDED))
+    head = data.get("head_node_type")
+    shapes = []
+    for name, node_type in (data.get("available_node_types") or {}).items():
+        resources = (node_type or {}).get("resources") or {}
+        count = min(int((node_type or {}).get("max_workers", cap)), cap)
+        if name != head and count > 0:
+            shapes.append(NodeShape(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), count, name))
+    return shapes
 
 
 def workers_per_node(node: NodeShape, s: Scaling) -> int:

@@ -30,7 +30,7 @@ from typing import Any  # noqa: E402
 import yaml  # noqa: E402
 
 from arat_train.config import flatten  # noqa: E402
-from orchestrator.capacity import UNBOUNDED, NodeShape, concurrent_trials  # noqa: E402
+from orchestrator.capacity import UNBOUNDED, NodeShape, concurrent_trials, launcher_node_types  # noqa: E402
 from orchestrator.space import (  # noqa: E402
     OBJECTIVES,
     SpecError,
@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                           "s3://bucket/path; shared storage on multi-node clusters "
                                           "(default: ./runs)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--autoscaling", action="store_true",
+                   help="the cluster adds nodes on demand and its node types are not known here (KubeRay): a "
+                        "trial the live nodes cannot hold waits for them instead of being refused")
     p.add_argument("--smoke-test", action="store_true", help="shrink the study for CI: <= 3 trials of <= 2 "
                                                              "epochs on a few hundred images")
     return p.parse_args(argv)
@@ -145,11 +148,16 @@ def _gpu_message(spec: StudySpec, have: float, where: str) -> str:
             f"{s.gpus_per_worker:g}) but {where} has {have:g}; lower them or use a cluster with more GPUs")
 
 
-def cluster_nodes() -> tuple[list[NodeShape], bool]:
-    """The alive nodes of the joined cluster, plus the node types its autoscaler may add; and whether it autoscales.
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` leaves on the head for its autoscaler
 
-    The autoscaler publishes its node types (with their maximum counts) in the GCS; Ray reads them through
-    ``ray._private.state`` (as Ray Data does). Without that record (a fixed cluster) only the alive nodes count.
+
+def cluster_nodes(launcher_config: str = LAUNCHER_CONFIG) -> tuple[list[NodeShape], str]:
+    """The alive nodes of the joined cluster, plus the node types an autoscaler may add; and where those came from
+    ("" when none are known).
+
+    Node types come from the record an autoscaler publishes in the GCS (read through ``ray._private.state``, as
+    Ray Data does), else from the cluster launcher's config on the head (this driver runs there under
+    ``ray job submit``). KubeRay's autoscaler publishes neither: pass ``--autoscaling`` there.
     """
     import ray
 
@@ -160,20 +168,46 @@ def cluster_nodes() -> tuple[list[NodeShape], bool]:
 
         config = state.get_cluster_config()
     except Exception as err:  # a private reader: never let it stop a study
-        log.debug("no autoscaler configuration: %s", err)
+        log.debug("no autoscaler record in the GCS: %s", err)
         config = None
     added = [NodeShape(float(g.resources.get("CPU", 0)), float(g.resources.get("GPU", 0)),
                        UNBOUNDED if g.max_count < 0 else int(g.max_count), g.name)
              for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
-    return nodes + added, bool(added)
+    if added:
+        return nodes + added, "the autoscaler's record in the GCS"
+    path = Path(launcher_config).expanduser()
+    if path.is_file():
+        try:
+            added = launcher_node_types(path)
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
+            log.warning("cannot read the cluster launcher's node types from %s: %s", path, err)
+        if added:
+            return nodes + added, str(path)
+    return nodes, ""
 
 
-def check_cluster(spec: StudySpec) -> int:
-    """Refuse a trial the cluster cannot place; return how many trials may run at once."""
-    nodes, autoscaling = cluster_nodes()
+def check_cluster(spec: StudySpec, autoscaling: bool = False) -> int:
+    """Refuse a trial the cluster cannot place; return how many trials may run at once.
+
+    With ``autoscaling`` and no known node types, a trial the live nodes cannot hold is let through (with a
+    warning): it waits for the nodes the autoscaler adds.
+    """
+    nodes, source = cluster_nodes()
+    limit = min(spec.search.max_concurrent or spec.search.num_samples, spec.search.num_samples)
+    try:
+        return max(1, _placeable(spec, nodes, source, limit))
+    except SpecError as err:
+        if autoscaling and not source:
+            log.warning("the live nodes cannot hold a trial (%s); with --autoscaling it waits for the nodes the "
+                        "autoscaler adds", err)
+            return limit
+        raise
+
+
+def _placeable(spec: StudySpec, nodes: list[NodeShape], source: str, limit: int) -> int:
     cpus = sum(n.cpus * n.count for n in nodes)
     gpus = sum(n.gpus * n.count for n in nodes)
-    where = "the Ray cluster" + (" (with every node its autoscaler may add)" if autoscaling else "")
+    where = "the Ray cluster" + (f" (with the node types from {source})" if source else "")
     s = spec.scaling
     if s.gpus_per_trial > gpus + 1e-9:
         raise SpecError("scaling.gpus_per_worker", _gpu_message(spec, gpus, where))
@@ -181,8 +215,7 @@ def check_cluster(spec: StudySpec) -> int:
         raise SpecError("scaling.cpus_per_worker",
                         f"a trial needs {s.cpus_per_trial:g} CPUs (num_workers {s.num_workers} x cpus_per_worker "
                         f"{s.cpus_per_worker:g}) but {where} has {cpus:g}")
-    limit = min(spec.search.max_concurrent or spec.search.num_samples, spec.search.num_samples)
-    return max(1, concurrent_trials(nodes, s, limit))
+    return concurrent_trials(nodes, s, limit)
 
 
 def make_callbacks(args: argparse.Namespace, study: Study) -> list[Any]:
@@ -248,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         study = plan_study(args)  # everything is checked before Ray starts or anything is written
         if not os.environ.get("RAY_ADDRESS"):
             check_local_gpus(study.spec)
-        concurrency = connect(study)
+        concurrency = connect(study, args.autoscaling)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -267,7 +300,7 @@ class ClusterUnreachable(RuntimeError):
     """``RAY_ADDRESS`` names a cluster this process cannot join."""
 
 
-def connect(study: Study) -> int:
+def connect(study: Study, autoscaling: bool = False) -> int:
     """Start or join Ray, then check the study against the cluster; return the trial concurrency."""
     import ray
     import ray.exceptions
@@ -284,7 +317,7 @@ def connect(study: Study) -> int:
             "A cluster with token authentication (Ray's default once a token exists) needs RAY_AUTH_MODE=token "
             "and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from None
     try:
-        return check_cluster(study.spec)
+        return check_cluster(study.spec, autoscaling)
     except SpecError:
         ray.shutdown()
         raise

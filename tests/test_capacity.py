@@ -9,12 +9,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from orchestrator.capacity import NodeShape, concurrent_trials, workers_per_node
-from orchestrator.space import Scaling, SpecError
+from orchestrator.capacity import NodeShape, concurrent_trials, launcher_node_types, workers_per_node
+from orchestrator.space import Scaling, SpecError, load_spec
 
 
 def _s(workers: int, cpus: float = 1.0, gpus: float = 0.0, strategy: str = "PACK") -> Scaling:
@@ -81,46 +82,76 @@ def test_autoscaler_node_types_count_with_their_maximum() -> None:
     assert concurrent_trials(nodes, _s(1, cpus=8, gpus=1), limit=16) == 8
 
 
+def test_our_launcher_configs_give_their_gpu_node_types() -> None:
+    """``ray up`` leaves the cluster YAML on the head as ``~/ray_bootstrap_config.yaml``: read from ours."""
+    aws = {n.name: n for n in launcher_node_types(REPO / "cluster" / "aws-gpu.yaml")}
+    assert aws == {"ray.worker.gpu1": NodeShape(4, 1, 4, "ray.worker.gpu1"),
+                   "ray.worker.gpu4": NodeShape(48, 4, 2, "ray.worker.gpu4")}  # the head type is left out
+    gcp = launcher_node_types(REPO / "cluster" / "gcp-gpu.yaml")
+    assert sorted((n.gpus, n.count) for n in gcp) == [(1.0, 4), (4.0, 2)]
+    # The GPU presets fit there: the 1-GPU, 4-CPU trials of cifar10_resnet18 run 4 + 2 x 4 = 12 at once.
+    spec = load_spec(REPO / "search_spaces" / "cifar10_resnet18.yaml")
+    assert spec.scaling.use_gpu and concurrent_trials(list(aws.values()), spec.scaling, limit=100) == 12
+
+
+def test_launcher_max_workers_caps_every_node_type(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "max_workers: 3\nhead_node_type: head\navailable_node_types:\n"
+        "  head: {resources: {CPU: 8}, max_workers: 0}\n"
+        "  gpu: {resources: {CPU: 4, GPU: 1}, min_workers: 0, max_workers: 10}\n"
+        "  cpu: {resources: {CPU: 16}}\n")
+    assert launcher_node_types(tmp_path / "c.yaml") == [NodeShape(4, 1, 3, "gpu"), NodeShape(16, 0, 3, "cpu")]
+
+
 _AUTOSCALER_SCRIPT = """
-import json, sys
+import json, shutil, sys
+from pathlib import Path
 import ray
 from ray.core.generated import autoscaler_pb2
 from ray.experimental import internal_kv
 from orchestrator.space import SpecError, load_spec
 from orchestrator.tune import check_cluster
 
-spec = load_spec(sys.argv[1], ["scaling.use_gpu=true", "scaling.gpus_per_worker=1", "scaling.num_workers=4",
-                               "scaling.cpus_per_worker=1", "device=auto", "search.num_samples=8"])
+repo = Path(sys.argv[1])
+spec = load_spec(repo / "search_spaces" / "quickstart.yaml", [
+    "scaling.use_gpu=true", "scaling.gpus_per_worker=1", "scaling.num_workers=4", "scaling.cpus_per_worker=1",
+    "device=auto", "search.num_samples=8"])
 ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
 out = {}
 try:
     check_cluster(spec)
 except SpecError as err:
-    out["before"] = str(err)
-# What the autoscaler publishes in the GCS: its node types, here up to two 8-CPU, 4-GPU nodes.
+    out["live_nodes_only"] = str(err)
+out["autoscaling_flag"] = check_cluster(spec, autoscaling=True)
+# What `ray up` leaves on the head (HOME is a temporary directory here): our AWS launcher config.
+shutil.copy(repo / "cluster" / "aws-gpu.yaml", Path.home() / "ray_bootstrap_config.yaml")
+out["launcher_config"] = check_cluster(spec)
+# What an autoscaler that publishes its node types writes in the GCS: up to two 8-CPU, 4-GPU nodes.
 config = autoscaler_pb2.ClusterConfig(node_group_configs=[autoscaler_pb2.NodeGroupConfig(
     name="gpu-x4", resources={"CPU": 8, "GPU": 4}, min_count=0, max_count=2)])
 internal_kv._internal_kv_put(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), config.SerializeToString(),
                              namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
-out["after"] = check_cluster(spec)
+out["gcs_record"] = check_cluster(spec)
 ray.shutdown()
 print("RESULT " + json.dumps(out))
 """
 
 
-def test_a_gpu_study_starts_on_a_cluster_whose_autoscaler_may_add_gpu_nodes() -> None:
-    """A real local Ray (1 CPU, no GPU): refused while nothing says GPU nodes may come; once the autoscaler's
-    record of its node types is in the GCS, 2 trials of 4 one-GPU workers fit (two 4-GPU nodes)."""
+def test_a_gpu_study_on_a_cluster_that_may_add_gpu_nodes() -> None:
+    """A real local Ray with 1 CPU and no GPU, and a study of 4 one-GPU workers per trial: refused on the live nodes
+    alone; let through (8 at a time, the samples) with --autoscaling; sized from the launcher's config on the head
+    (4 one-GPU nodes and 2 four-GPU nodes: 12 workers, 3 trials); sized from an autoscaler's GCS record (2 trials)."""
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 bytes
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _AUTOSCALER_SCRIPT, str(REPO / "search_spaces" / "quickstart.yaml")],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": temp},
+            [sys.executable, "-c", _AUTOSCALER_SCRIPT, str(REPO)], cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": temp, "HOME": temp},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line is not None, proc.stdout[-3000:]
     out = json.loads(line[len("RESULT "):])
-    assert out["before"].startswith("scaling.gpus_per_worker: a trial needs 4 GPUs")
-    assert out["after"] == 2
+    assert out["live_nodes_only"].startswith("scaling.gpus_per_worker: a trial needs 4 GPUs")
+    assert out == {"live_nodes_only": out["live_nodes_only"], "autoscaling_flag": 8, "launcher_config": 3,
+                   "gcs_record": 2}

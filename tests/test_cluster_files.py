@@ -446,6 +446,10 @@ def test_rayjob_runs_a_known_search_space() -> None:
     if (ROOT / "search_spaces").is_dir():
         assert (ROOT / config).is_file(), f"{config} does not exist"
     assert "--storage-path " in spec["entrypoint"]
+    # Its GPU worker groups start at 0 replicas and KubeRay's autoscaler publishes no node types the driver can
+    # read: without --autoscaling the study would be refused before the first GPU pod exists.
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert all(g.get("minReplicas", 0) == 0 for g in groups) and "--autoscaling" in spec["entrypoint"].split()
     assert spec["shutdownAfterJobFinishes"] is True
 
 
