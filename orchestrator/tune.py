@@ -331,7 +331,11 @@ def report(result_grid: Any, study: Study) -> int:
     where = write_parquet(frame, study.path)
     print(format_table(frame, list(study.spec.space)), flush=True)
     print(f"trials table: {where}", flush=True)
-    return 0 if (frame["status"] == "TERMINATED").any() else 1
+    finished = bool((frame["status"] == "TERMINATED").any())
+    if finished:  # the search ranked by PGD on the validation split: the next step is the test split and AutoAttack
+        print(f"verify the front: python -m orchestrator.verify --study {study.path} --tracking-uri "
+              f"{study.tracking_uri}", flush=True)
+    return 0 if finished else 1
 
 
 # ----------------------------------------------------------------------------------------- storage I/O

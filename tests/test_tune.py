@@ -131,6 +131,8 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "Pareto front" in proc.stdout
+    assert f"verify the front: python -m orchestrator.verify --study {storage / 'smoke'} --tracking-uri " \
+           f"{mlflow_server}" in proc.stdout
     for noise in ("Reporting training result", "Started training worker group", "Setting up process group"):
         assert noise not in proc.stdout, noise  # Ray Train's INFO lines stay in its log files
 
