@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs
 import pyarrow.parquet as pq
 
 from .pareto import nondominated_ranks, pareto_mask
+from .storage import absolute, filesystem
 
 OBJECTIVES = ("clean_acc", "robust_acc")
 BASE_COLUMNS = ("trial_id", "status", "error", "clean_acc", "robust_acc", "checkpoint_path", "pareto",
@@ -100,13 +100,9 @@ def with_pareto(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_parquet(frame: pd.DataFrame, study_dir: str) -> str:
     """Write ``frame`` as ``<study_dir>/trials.parquet`` (a local path or a URI); return where it went."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    if "://" in study_dir:
-        fs, root = pyarrow.fs.FileSystem.from_uri(study_dir)
-        pq.write_table(table, f"{root.rstrip('/')}/{PARQUET_NAME}", filesystem=fs)
-        return f"{study_dir.rstrip('/')}/{PARQUET_NAME}"
     path = f"{study_dir.rstrip('/')}/{PARQUET_NAME}"
-    pq.write_table(table, path)
+    fs, where = filesystem(absolute(path))
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), where, filesystem=fs)
     return path
 
 

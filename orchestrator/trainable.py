@@ -34,6 +34,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from arat_train.config import TrainConfig, deep_merge, unflatten
 from arat_train.train import CHECKPOINT_NAME, TrainingDiverged, load_checkpoint, train
 
+from .storage import exists, read_text, write_text
+
 log = logging.getLogger(__name__)
 
 FAILURE_RECORD = "trial_failure.json"
@@ -144,26 +146,19 @@ def storage_uri(storage: str, fs_path: str) -> str:
     return storage.rstrip("/") + fs_path[len(root):] if fs_path.startswith(root) else fs_path
 
 
-def _failure_record(train_storage: str, run_name: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" not in train_storage:
-        return pyarrow.fs.LocalFileSystem(), str(Path(train_storage) / run_name / FAILURE_RECORD)
-    fs, root = pyarrow.fs.FileSystem.from_uri(train_storage)
-    return fs, f"{root.rstrip('/')}/{run_name}/{FAILURE_RECORD}"
+def _failure_path(train_storage: str, run_name: str) -> str:
+    return f"{train_storage.rstrip('/')}/{run_name}/{FAILURE_RECORD}"
 
 
 def _read_failure(train_storage: str, run_name: str) -> str | None:
-    fs, path = _failure_record(train_storage, run_name)
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+    path = _failure_path(train_storage, run_name)
+    if not exists(path):
         return None
-    with fs.open_input_stream(path) as fh:
-        return str(json.loads(fh.read().decode())["error"])
+    return str(json.loads(read_text(path))["error"])
 
 
 def _write_failure(train_storage: str, run_name: str, error: str) -> None:
-    fs, path = _failure_record(train_storage, run_name)
-    fs.create_dir(path.rpartition("/")[0], recursive=True)
-    with fs.open_output_stream(path) as fh:
-        fh.write(json.dumps({"error": error}).encode())
+    write_text(_failure_path(train_storage, run_name), json.dumps({"error": error}))
 
 
 def _quiet_report_log() -> None:

@@ -42,6 +42,7 @@ from orchestrator.space import (  # noqa: E402
     read_preset,
     validate,
 )
+from orchestrator.storage import absolute, exists, read_text, write_text  # noqa: E402
 
 log = logging.getLogger("orchestrator.tune")
 
@@ -90,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plan_study(args: argparse.Namespace) -> Study:
     """Resolve and validate everything a study needs, without starting Ray or writing anything."""
-    storage = _absolute(args.storage_path or "runs")
+    storage = absolute(args.storage_path or "runs")
     tracking = args.tracking_uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
     if args.num_samples is not None and args.num_samples < 1:
         raise SpecError("--num-samples", f"must be >= 1, got {args.num_samples}")
@@ -102,7 +103,7 @@ def plan_study(args: argparse.Namespace) -> Study:
     if args.name is not None:
         check_name(args.name, "--name")
     study = Study(spec, name, storage, tracking, resume=False)
-    if _exists(study.path):
+    if exists(study.path):
         raise SpecError("--name", f"a study {name!r} already exists in {storage}; pass --resume to continue it "
                                   "or choose another --name")
     return study
@@ -111,12 +112,12 @@ def plan_study(args: argparse.Namespace) -> Study:
 def _plan_resume(args: argparse.Namespace, storage: str, tracking: str) -> Study:
     name = args.name or _newest_study(storage, args.config)
     path = f"{storage.rstrip('/')}/{name}"
-    if not _exists(f"{path}/{SPEC_FILE}"):
+    if not exists(f"{path}/{SPEC_FILE}"):
         raise SpecError("--resume", f"no study {name!r} in {storage} (looked for {path}/{SPEC_FILE})")
     if args.overrides or args.num_samples is not None or args.smoke_test or args.tracking_uri:
         log.warning("--resume continues %s with its stored settings (MLflow tracking URI included); "
                     "--set/--num-samples/--smoke-test/--tracking-uri are ignored", name)
-    raw = yaml.safe_load(_read_text(f"{path}/{SPEC_FILE}"))
+    raw = yaml.safe_load(read_text(f"{path}/{SPEC_FILE}"))
     return Study(validate(raw), name, storage, tracking, resume=True)
 
 
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {study.name}: {study.spec.search.num_samples} trials, {concurrency} at a time, "
           f"{study.spec.search.sampler} sampler; storage {study.path}", flush=True)
     if not study.resume:
-        _write_text(f"{study.path}/{SPEC_FILE}", yaml.safe_dump(study.spec.to_dict(), sort_keys=False))
+        write_text(f"{study.path}/{SPEC_FILE}", yaml.safe_dump(study.spec.to_dict(), sort_keys=False))
     result_grid = build_tuner(study, concurrency, args).fit()
     return report(result_grid, study)
 
@@ -336,41 +337,6 @@ def report(result_grid: Any, study: Study) -> int:
         print(f"verify the front: python -m orchestrator.verify --study {study.path} --tracking-uri "
               f"{study.tracking_uri}", flush=True)
     return 0 if finished else 1
-
-
-# ----------------------------------------------------------------------------------------- storage I/O
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def _fs(path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def _exists(path: str) -> bool:
-    import pyarrow.fs
-
-    fs, p = _fs(path)
-    return bool(fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound)
-
-
-def _read_text(path: str) -> str:
-    fs, p = _fs(path)
-    with fs.open_input_stream(p) as fh:
-        return str(fh.read().decode())
-
-
-def _write_text(path: str, text: str) -> None:
-    fs, p = _fs(path)
-    fs.create_dir(p.rpartition("/")[0], recursive=True)
-    with fs.open_output_stream(p) as fh:
-        fh.write(text.encode())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Exit status: 0 when every selected trial was verified, 1 when some could not be 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import sys
@@ -26,6 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from orchestrator.results import PARQUET_NAME
+from orchestrator.storage import absolute, filesystem, write_text
 
 log = logging.getLogger("orchestrator.verify")
 
@@ -53,13 +55,11 @@ class VerifyError(RuntimeError):
 
 def read_trials(study: str) -> pd.DataFrame:
     """``<study>/trials.parquet`` (a local directory or a URI) as written by ``orchestrator/tune.py``."""
-    import pyarrow.fs
     import pyarrow.parquet as pq
 
-    path = f"{study.rstrip('/')}/trials.parquet"
+    path = f"{study.rstrip('/')}/{PARQUET_NAME}"
     try:
-        fs, where = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(),
-                                                                                 str(Path(path).resolve()))
+        fs, where = filesystem(absolute(path))
         return pq.read_table(where, filesystem=fs).to_pandas()
     except (OSError, ValueError) as err:
         raise VerifyError(f"--study: no trials table at {path} ({str(err).splitlines()[0]}); pass the study's "
@@ -153,15 +153,8 @@ def log_to_mlflow(results: Sequence[Verified], study_name: str, uri: str, split:
 
 def write_results(results: Sequence[Verified], study: str) -> str:
     """``<study>/verified.csv`` (local or URI); returns where it went."""
-    import pyarrow.fs
-
-    text = io.StringIO()
-    pd.DataFrame([asdict(r) for r in results]).to_csv(text, index=False)
     path = f"{study.rstrip('/')}/{RESULT_NAME}"
-    fs, where = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(),
-                                                                            str(Path(path).resolve()))
-    with fs.open_output_stream(where) as fh:
-        fh.write(text.getvalue().encode())
+    write_text(absolute(path), pd.DataFrame([asdict(r) for r in results]).to_csv(index=False))
     return path
 
 

@@ -1,0 +1,41 @@
+"""Study storage I/O: a local directory or a URI (s3://, gs://...), through pyarrow's file systems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def absolute(path: str) -> str:
+    """A URI as given; a local path made absolute (a ``ray job`` runs in a temporary working directory)."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """``(pyarrow file system, path inside it)`` for a local path or a URI."""
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, p = filesystem(path)
+    return bool(fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound)
+
+
+def read_text(path: str) -> str:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as fh:
+        return str(fh.read().decode())
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path``, creating its directory."""
+    fs, p = filesystem(path)
+    fs.create_dir(p.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(p) as fh:
+        fh.write(text.encode())
