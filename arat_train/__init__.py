@@ -6,11 +6,12 @@ metrics to a callback. No Ray, Optuna or MLflow here: ``orchestrator/`` is the s
 from __future__ import annotations
 
 from .attacks import pgd_attack
+from .checkpoint import load_checkpoint
 from .config import TrainConfig, load_config
 from .data import load_dataset, shard
 from .losses import Predictor, Predictors, arat_loss, invariance_loss, trades_loss
 from .models import build_model, export_model
-from .train import TrainingDiverged, load_checkpoint, lr_at, train
+from .train import TrainingDiverged, lr_at, train
 
 __all__ = [
     "Predictor",

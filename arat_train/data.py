@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import DataConfig
+
 log = logging.getLogger(__name__)
 
 DATASETS = ("digits", "cifar10", "cifar100", "fake")
@@ -133,6 +135,13 @@ def load_dataset(
         return data
     train_idx, val_idx = split_indices(len(data), val_size, split_seed)
     return data.subset(train_idx if split == "train" else val_idx)
+
+
+def load_split(cfg: DataConfig, split: Split, *, download: bool | None = None) -> ArrayData:
+    """Split ``split`` of the data set ``cfg`` describes; ``download`` overrides ``cfg.download``."""
+    return load_dataset(cfg.dataset, split, root=cfg.root, val_size=cfg.val_size, split_seed=cfg.split_seed,
+                        image_size=cfg.image_size, download=cfg.download if download is None else download,
+                        fake_size=cfg.fake_size, num_classes=cfg.num_classes)
 
 
 def shard(n: int, rank: int, world_size: int, *, equal: bool = False) -> Tensor:

@@ -1,10 +1,9 @@
-"""Robustness verification: AutoAttack (the reference implementation, PyPI ``pyautoattack``) and PGD with restarts.
+"""Verify a checkpoint's robustness from the command line: clean, PGD (with restarts) and AutoAttack accuracy.
 
-Both attack the **adv-BN branch in eval mode**, the network that test time uses (DESIGN §2). eps is in 1/255 of
-the [0, 1] pixel range, as everywhere in the config. ``standard`` AutoAttack (APGD-CE, APGD-T, FAB-T, Square) is
-the number people compare; ``cheap`` runs a subset (APGD-CE + APGD-T by default) for use during a search.
+    python -m arat_train.evaluate --checkpoint runs/x/checkpoint.pt --attack autoattack --split test
 
-CLI: ``python -m arat_train.evaluate --checkpoint runs/x/checkpoint.pt --attack autoattack --split test``.
+The attacks themselves are in :mod:`arat_train.robustness`; this module loads a checkpoint (or its SWA average)
+with the split it asks for and prints or returns the figures.
 """
 
 from __future__ import annotations
@@ -13,216 +12,22 @@ import argparse
 import json
 import logging
 import sys
-import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
-from .config import AttackConfig, ConfigError, TrainConfig
-from .data import ArrayData, load_dataset, to_float
-from .evaluation import accuracy_counts, eval_mode
+from .checkpoint import load_checkpoint
+from .config import ConfigError, TrainConfig
+from .data import ArrayData, load_split
+from .robustness import Progress, aa_attacks, autoattack_accuracy, pgd_accuracy, seeded
 from .swa import ParamAverage, reestimate_adv_bn
-from .train import build, load_checkpoint, load_data, resolve_device
+from .train import build, load_data, resolve_device
 
 log = logging.getLogger("arat_train.evaluate")  # the same name under `python -m`
-
-AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-AA_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
-AA_CHEAP = ("apgd-ce", "apgd-t")
-Progress = Callable[[Iterable[Any]], Iterable[Any]]
-
-
-@dataclass(frozen=True)
-class AttackResult:
-    """Accuracies on the first ``n_examples`` examples; an example is robust only if it is also clean-correct."""
-
-    attack: str
-    clean_acc: float
-    robust_acc: float
-    n_examples: int
-    seconds: float
-
-
-class AdvBranch(nn.Module):
-    """``model`` seen through its adv-BN branch: ``AdvBranch(model)(x) == model(x, bn="adv")`` (logits)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, bn="adv")  # (B, num_classes)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch inside the block and restore the caller's RNG state after (AutoAttack reseeds globally)."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-class _Forward(logging.Handler):
-    """Re-emits AutoAttack's log under this module's logger: warnings once each, the rest at debug level."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.seen: set[str] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno < logging.WARNING:
-            log.debug("autoattack: %s", msg)
-        elif msg not in self.seen:
-            self.seen.add(msg)
-            log.warning("autoattack: %s", msg)
-
-
-@contextmanager
-def _tidy_autoattack_output() -> Iterator[None]:
-    """Route the ``auto-attack`` logger and its ``warnings.warn`` calls through this module's logger."""
-    aa_log = logging.getLogger("auto-attack")
-    saved = (aa_log.level, aa_log.propagate, list(aa_log.handlers))
-    handler = _Forward()
-    aa_log.handlers, aa_log.propagate = [handler], False
-    aa_log.setLevel(logging.DEBUG)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-        for w in caught:
-            handler.emit(logging.LogRecord("auto-attack", logging.WARNING, "", 0, str(w.message), None, None))
-    finally:
-        aa_log.level, aa_log.propagate, aa_log.handlers = saved
-
-
-def _take(x: Tensor, y: Tensor, n_examples: int | None, device: torch.device) -> tuple[Tensor, Tensor]:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y differ in length: {x.shape[0]} vs {y.shape[0]}")
-    if n_examples is not None and n_examples < 1:
-        raise ValueError(f"n_examples must be >= 1 (or None for all), got {n_examples}")
-    n = x.shape[0] if n_examples is None else min(n_examples, x.shape[0])
-    return to_float(x[:n].to(device)), y[:n].to(device)
-
-
-def _aa_attacks(version: str, attacks: Sequence[str] | None) -> tuple[str, ...]:
-    if version == "standard":
-        if attacks is not None:
-            raise ValueError("attacks: the standard version runs its fixed four attacks; use version='cheap'")
-        return AA_STANDARD
-    if version != "cheap":
-        raise ValueError(f"version must be 'standard' or 'cheap', got {version!r}")
-    chosen = tuple(attacks) if attacks is not None else AA_CHEAP
-    unknown = [a for a in chosen if a not in AA_ATTACKS]
-    if unknown or not chosen:
-        raise ValueError(f"attacks: unknown or empty {list(unknown or chosen)}; allowed: {list(AA_ATTACKS)}")
-    return chosen
-
-
-def _build_autoattack(net: nn.Module, version: str, attacks: tuple[str, ...], *, eps: float, norm: str, seed: int,
-                      num_classes: int, device: torch.device) -> Any:
-    """The reference AutoAttack: its own standard version, or a custom subset with the standard settings."""
-    from pyautoattack import AutoAttack
-
-    common = {"device": device, "eps": eps / 255.0, "norm": "Linf" if norm == "linf" else "L2", "seed": seed}
-    if version == "standard":
-        aa = AutoAttack(net, version="standard", **common)
-    else:
-        aa = AutoAttack(net, attacks=list(attacks), version="custom", **common)
-        # What AutoAttack._set_version("standard") sets for L-inf and L2.
-        aa.apgd.n_restarts = aa.apgd_targeted.n_restarts = aa.fab.n_restarts = 1
-        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = 9
-        aa.square.n_queries = 5000
-    # Standard targets the 9 runner-up classes (CIFAR-10); with fewer classes there are fewer to target.
-    aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, num_classes - 1)
-    aa.fab.n_target_classes = min(aa.fab.n_target_classes, num_classes - 1)
-    return aa
-
-
-def autoattack_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: Literal["linf", "l2"] = "linf",
-    version: Literal["standard", "cheap"] = "standard", attacks: Sequence[str] | None = None, seed: int = 0,
-    batch_size: int = 256, n_examples: int | None = None, progress: Progress = iter,
-) -> AttackResult:
-    """AutoAttack accuracy of ``model``'s adv-BN branch (eval mode) on the first ``n_examples`` of ``(x, y)``.
-
-    ``eps`` is in 1/255 (both norms). ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square;
-    ``"cheap"`` runs ``attacks`` (default APGD-CE + APGD-T) with the standard settings of each. The same ``seed``
-    gives the same number; the caller's RNG state is left as it was. Runs on the model's device.
-    """
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0 (in 1/255), got {eps}")
-    chosen = _aa_attacks(version, attacks)
-    device = _device(model)
-    x, y = _take(x, y, n_examples, device)
-    net = AdvBranch(model)
-    start = time.perf_counter()
-    clean = robust = 0
-    with eval_mode(model), _seeded(seed, device), _tidy_autoattack_output():
-        with torch.no_grad():
-            num_classes = int(net(x[:1]).shape[1])
-        aa = _build_autoattack(net, version, chosen, eps=eps, norm=norm, seed=seed, num_classes=num_classes,
-                               device=device)
-        for idx in progress(torch.arange(x.shape[0], device=device).split(batch_size)):
-            xb, yb = x[idx], y[idx]
-            x_adv, _ = aa.run_standard_evaluation(xb, yb, batch_size=batch_size)
-            _check_ball(x_adv, xb, eps / 255.0, norm)
-            with torch.no_grad():
-                clean += int((net(xb).argmax(1) == yb).sum())
-                robust += int((net(x_adv).argmax(1) == yb).sum())
-    n = int(x.shape[0])
-    return AttackResult(f"autoattack-{version}", clean / n, robust / n, n, time.perf_counter() - start)
-
-
-def _check_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> None:
-    """Refuse a result whose examples leave the eps-ball or [0, 1] (AutoAttack only logs this)."""
-    diff = (x_adv - x).flatten(1)
-    size = diff.abs().amax(1) if norm == "linf" else diff.norm(dim=1)
-    if size.max() > eps + 1e-4 or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
-        raise RuntimeError(f"AutoAttack returned examples outside the {norm} ball of radius {eps} or [0, 1]")
-
-
-def pgd_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int = 20, step_size: float | None = None,
-    restarts: int = 1, norm: Literal["linf", "l2"] = "linf", seed: int = 0, batch_size: int = 256,
-    n_examples: int | None = None, progress: Progress = iter,
-) -> AttackResult:
-    """PGD accuracy of ``model``'s adv-BN branch (eval mode), random start, robust only if every restart fails.
-
-    ``eps`` and ``step_size`` are in 1/255; ``step_size`` defaults to ``eps / 4`` (PGD-20 at 8/255 uses 2/255).
-    More ``restarts`` give a stronger (lower) estimate at proportional cost; the same ``seed`` gives the same number.
-    """
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    attack = AttackConfig(eps=eps, steps=steps, step_size=eps / 4 if step_size is None else step_size, norm=norm,
-                          restarts=restarts)
-    device = _device(model)
-    x, y = _take(x, y, n_examples, device)
-    start = time.perf_counter()
-    with eval_mode(model), _seeded(seed, device):
-        counts = accuracy_counts(partial(model, bn="adv"), ArrayData(x, y, 0), attack, batch_size=batch_size,
-                                 progress=progress)
-    n = int(counts["total"])
-    name = f"pgd{steps}" + (f"x{restarts}" if restarts > 1 else "")
-    return AttackResult(name, int(counts["clean"]) / n, int(counts["robust"]) / n, n, time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------------------------------------------- the CLI
 
 
 class CliError(Exception):
@@ -249,10 +54,7 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if cfg.perf.num_threads:
         torch.set_num_threads(cfg.perf.num_threads)
-    d = cfg.data
-    kw = {"root": d.root, "val_size": d.val_size, "split_seed": d.split_seed, "image_size": d.image_size,
-          "download": False, "fake_size": d.fake_size, "num_classes": d.num_classes}
-    data = load_dataset(d.dataset, split, **kw).to(device)  # type: ignore[arg-type]
+    data = load_split(cfg.data, split, download=False).to(device)
     model = build(cfg, data.num_classes, int(data.x.shape[1]), device).model
     model.load_state_dict(ckpt["model"])
     if swa:
@@ -262,7 +64,7 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
         average.load_state_dict(ckpt["swa"])
         model = average.averaged(model)
         train_data, _ = load_data(cfg, device)
-        with _seeded(seed, device):
+        with seeded(seed, device):
             reestimate_adv_bn(model, train_data, cfg.attack, batch_size=cfg.optim.batch_size,
                               augment=cfg.data.augment)
     return model, cfg, data
@@ -305,7 +107,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks else None
     if args.attack == "autoattack":
-        _aa_attacks(args.version, attacks)  # refuse a bad choice before any work
+        aa_attacks(args.version, attacks)  # refuse a bad choice before any work
     device = resolve_device(args.device)
     model, cfg, data = _load(args, device)
     ev = cfg.eval.attack
@@ -356,5 +158,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["AA_CHEAP", "AA_STANDARD", "AdvBranch", "AttackResult", "autoattack_accuracy", "pgd_accuracy"]

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .accuracy import accuracy_counts, eval_mode
 from .attacks import pgd_attack
+from .checkpoint import CHECKPOINT_NAME, Metrics, RunState, load_checkpoint, save_checkpoint, set_rng_state
 from .config import AttackConfig, OptimConfig, TrainConfig
-from .data import ArrayData, epoch_batches, load_dataset, random_crop_flip, to_float
-from .evaluation import accuracy_counts, eval_mode
+from .data import ArrayData, epoch_batches, load_split, random_crop_flip, to_float
 from .losses import Predictors, arat_loss, trades_kl, trades_loss
 from .models import build_model
 from .swa import ParamAverage, reestimate_adv_bn
 
 log = logging.getLogger(__name__)
 
-Metrics = dict[str, float]
 Callback = Callable[[Metrics, Path | None], None]
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -111,40 +109,11 @@ class Objective(nn.Module):
         return x, pgd_attack(partial(self.model, bn="adv"), x, y, **kwargs)
 
 
-@dataclass
-class RunState:
-    """Everything a checkpoint holds beyond the modules and the optimiser."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # completed optimiser steps
-    history: list[Metrics] = field(default_factory=list)
-
-
 def _autocast(device: torch.device, cfg: TrainConfig) -> Callable[[], AbstractContextManager[Any]]:
     bf16 = cfg.perf.amp == "bf16" or (cfg.perf.amp == "auto" and device.type == "cuda")
     if not bf16:
         return nullcontext
     return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every generator's state, as tensors and plain Python values (a checkpoint loads with ``weights_only``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                                       float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -153,36 +122,6 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(s)
     random.seed(s)
     np.random.seed(s)
-
-
-def save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, state: RunState,
-                    cfg: TrainConfig, swa: ParamAverage | None) -> None:
-    """Write a checkpoint atomically (temp file, then rename)."""
-    payload = {
-        "format": 1,
-        "config": cfg.to_dict(),
-        "epoch": state.epoch,
-        "step": state.step,
-        "history": state.history,
-        "model": objective.model.state_dict(),
-        "predictors": objective.predictors.state_dict() if objective.predictors is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "swa": swa.state_dict() if swa is not None else None,
-        "rng": _rng_state(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Checkpoints hold only tensors and plain Python values, so they load with ``weights_only=True``: a file that
-    asks the unpickler for anything else (code to run) is refused instead of executed.
-    """
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def build(cfg: TrainConfig, num_classes: int, in_channels: int, device: torch.device) -> Objective:
@@ -207,13 +146,9 @@ def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
 
 def load_data(cfg: TrainConfig, device: torch.device) -> tuple[ArrayData, ArrayData]:
     """(train, val) splits on ``device``; the validation split is held out from the training set."""
-    d = cfg.data
-    kw = {"root": d.root, "val_size": d.val_size, "split_seed": d.split_seed, "image_size": d.image_size,
-          "download": d.download, "fake_size": d.fake_size, "num_classes": d.num_classes}
-    train_data = load_dataset(d.dataset, "train", **kw)  # type: ignore[arg-type]
-    val_data = load_dataset(d.dataset, "val", **kw)  # type: ignore[arg-type]
-    if d.train_limit:
-        train_data = train_data.subset(torch.arange(min(d.train_limit, len(train_data))))
+    train_data, val_data = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    if cfg.data.train_limit:
+        train_data = train_data.subset(torch.arange(min(cfg.data.train_limit, len(train_data))))
     return train_data.to(device), val_data.to(device)
 
 
@@ -244,6 +179,71 @@ def evaluate_model(model: nn.Module, data: ArrayData, cfg: TrainConfig,
     return {"clean_acc": clean / total, "robust_acc": robust / total, "eval_examples": float(total)}
 
 
+@dataclass
+class Run:
+    """The pieces of one training run, built once by :func:`prepare` and advanced by :func:`run_epoch`."""
+
+    cfg: TrainConfig
+    objective: Objective
+    step_module: nn.Module  # the objective, or its DDP wrapper: what one step's forward calls
+    optimizer: torch.optim.Optimizer
+    train_data: ArrayData
+    val_data: ArrayData
+    total_steps: int
+    swa: ParamAverage | None
+    state: RunState
+    autocast: Callable[[], AbstractContextManager[Any]]
+
+    def save(self, path: Path) -> None:
+        """Write this run's checkpoint to ``path``."""
+        save_checkpoint(path, model=self.objective.model, predictors=self.objective.predictors,
+                        optimizer=self.optimizer, state=self.state, cfg=self.cfg,
+                        swa=self.swa.state_dict() if self.swa is not None else None)
+
+
+def prepare(cfg: TrainConfig, data: tuple[ArrayData, ArrayData] | None = None,
+            resume_from: str | Path | None = None) -> Run:
+    """Data, model, optimiser and schedule of ``cfg`` on its device; resumed from a checkpoint when given."""
+    device = resolve_device(cfg.device)
+    rank, world = dist_info()
+    if cfg.perf.num_threads:
+        torch.set_num_threads(cfg.perf.num_threads)
+    train_data, val_data = data if data is not None else load_data(cfg, device)
+    train_data, val_data = train_data.to(device), val_data.to(device)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    objective = build(cfg, train_data.num_classes, int(train_data.x.shape[1]), device)
+    optimizer = make_optimizer(objective, cfg.optim, device)
+    steps_per_epoch = len(epoch_batches(len(train_data), cfg.optim.batch_size, 0, cfg.seed, rank, world))
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    swa = ParamAverage(int(cfg.swa.start * total_steps), cfg.swa.every) if cfg.swa.enabled else None
+    state = _restore(resume_from, objective, optimizer, swa, device) if resume_from is not None else RunState()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick each convolution's fastest kernel once
+    if cfg.perf.compile:
+        objective.model.compile(mode=cfg.perf.compile_mode)
+    step_module: nn.Module = objective
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    return Run(cfg, objective, step_module, optimizer, train_data, val_data, total_steps, swa, state,
+               _autocast(device, cfg))
+
+
+def _restore(path: str | Path, objective: Objective, optimizer: torch.optim.Optimizer, swa: ParamAverage | None,
+             device: torch.device) -> RunState:
+    """Load a checkpoint into the run's modules, optimiser, average and RNGs; return its progress."""
+    ckpt = load_checkpoint(path, device)
+    objective.model.load_state_dict(ckpt["model"])
+    if objective.predictors is not None:
+        objective.predictors.load_state_dict(ckpt["predictors"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if swa is not None and ckpt.get("swa"):
+        swa.load_state_dict(ckpt["swa"])
+    set_rng_state(ckpt["rng"])
+    log.info("resumed from %s at epoch %d", path, ckpt["epoch"])
+    return RunState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -259,63 +259,37 @@ def train(
     ``callback(metrics, checkpoint_path_or_None)``. ``resume_from`` continues a checkpoint exactly.
     Raises :class:`TrainingDiverged` when the loss is not finite.
     """
-    device = resolve_device(cfg.device)
-    rank, world = dist_info()
-    if cfg.perf.num_threads:
-        torch.set_num_threads(cfg.perf.num_threads)
-    train_data, val_data = data if data is not None else load_data(cfg, device)
-    train_data, val_data = train_data.to(device), val_data.to(device)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    objective = build(cfg, train_data.num_classes, int(train_data.x.shape[1]), device)
-    optimizer = make_optimizer(objective, cfg.optim, device)
-    steps_per_epoch = len(epoch_batches(len(train_data), cfg.optim.batch_size, 0, cfg.seed, rank, world))
-    total_steps = steps_per_epoch * cfg.optim.epochs
-    swa = ParamAverage(int(cfg.swa.start * total_steps), cfg.swa.every) if cfg.swa.enabled else None
-    state = RunState()
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, device)
-        objective.model.load_state_dict(ckpt["model"])
-        if objective.predictors is not None:
-            objective.predictors.load_state_dict(ckpt["predictors"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if swa is not None and ckpt.get("swa"):
-            swa.load_state_dict(ckpt["swa"])
-        state = RunState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
-        _set_rng_state(ckpt["rng"])
-        log.info("resumed from %s at epoch %d", resume_from, state.epoch)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick each convolution's fastest kernel once
-    if cfg.perf.compile:
-        objective.model.compile(mode=cfg.perf.compile_mode)
-    step_module: nn.Module = objective
-    if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = _autocast(device, cfg)
+    run = prepare(cfg, data, resume_from)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-
-    metrics: Metrics = {}
-    for epoch in range(state.epoch, cfg.optim.epochs):
-        _seed_epoch(cfg.seed, epoch, rank)
-        metrics = _train_epoch(objective, step_module, optimizer, train_data, cfg, state, epoch, total_steps,
-                               swa, autocast, progress)
-        if world > 1:
-            # The attack's train-mode forwards run outside DDP and move each rank's BN statistics on their own:
-            # take rank 0's, so every rank evaluates (and next epoch balances) the model rank 0 saves.
-            for buf in objective.buffers():
-                dist.broadcast(buf, src=0)
-        metrics.update(evaluate_model(objective.model, val_data, cfg, autocast))
-        if swa is not None and epoch == cfg.optim.epochs - 1 and swa.n > 0:
-            metrics.update(_swa_metrics(objective.model, swa, train_data, val_data, cfg, autocast))
-        state.epoch, metrics["epoch"] = epoch + 1, float(epoch + 1)
-        state.history.append(metrics)
+    for epoch in range(run.state.epoch, cfg.optim.epochs):
+        metrics = run_epoch(run, epoch, progress)
         saved = None
-        if ckpt_path is not None and rank == 0:
-            save_checkpoint(ckpt_path, objective, optimizer, state, cfg, swa)
+        if ckpt_path is not None and dist_info()[0] == 0:
+            run.save(ckpt_path)
             saved = ckpt_path
         if callback is not None:
             callback(dict(metrics), saved)
-    return metrics if metrics else dict(state.history[-1]) if state.history else {}
+    return dict(run.state.history[-1]) if run.state.history else {}
+
+
+def run_epoch(run: Run, epoch: int, progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None) -> Metrics:
+    """Train epoch ``epoch`` (0-based), evaluate, and append the metrics to ``run.state.history``."""
+    cfg, model = run.cfg, run.objective.model
+    rank, world = dist_info()
+    _seed_epoch(cfg.seed, epoch, rank)
+    metrics = _train_epoch(run.objective, run.step_module, run.optimizer, run.train_data, cfg, run.state, epoch,
+                           run.total_steps, run.swa, run.autocast, progress)
+    if world > 1:
+        # The attack's train-mode forwards run outside DDP and move each rank's BN statistics on their own:
+        # take rank 0's, so every rank evaluates (and next epoch balances) the model rank 0 saves.
+        for buf in run.objective.buffers():
+            dist.broadcast(buf, src=0)
+    metrics.update(evaluate_model(model, run.val_data, cfg, run.autocast))
+    if run.swa is not None and epoch == cfg.optim.epochs - 1 and run.swa.n > 0:
+        metrics.update(_swa_metrics(model, run.swa, run.train_data, run.val_data, cfg, run.autocast))
+    run.state.epoch, metrics["epoch"] = epoch + 1, float(epoch + 1)
+    run.state.history.append(metrics)
+    return metrics
 
 
 def batch_inputs(data: ArrayData, batch: Tensor, *, augment: bool, generator: torch.Generator,

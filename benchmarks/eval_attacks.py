@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from arat_train.checkpoint import load_checkpoint
 from arat_train.config import TrainConfig, load_config
 from arat_train.data import ArrayData
-from arat_train.evaluate import AttackResult, autoattack_accuracy, pgd_accuracy
-from arat_train.train import build, load_checkpoint, load_data, resolve_device, train
+from arat_train.robustness import AttackResult, autoattack_accuracy, pgd_accuracy
+from arat_train.train import build, load_data, resolve_device, train
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "arat_train" / "configs" / "digits.yaml")
 

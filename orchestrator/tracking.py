@@ -53,9 +53,10 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from ray.tune import Callback
 from torch import nn
 
+from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig, flatten
 from arat_train.models import export_model
-from arat_train.train import CHECKPOINT_NAME, build, load_checkpoint
+from arat_train.train import build
 
 from .pareto import pareto_mask
 from .report import FINISHED, MAXIMIZE, OBJECTIVES, build_front, write_report

@@ -31,8 +31,9 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
+from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig, deep_merge, unflatten
-from arat_train.train import CHECKPOINT_NAME, TrainingDiverged, load_checkpoint, train
+from arat_train.train import TrainingDiverged, train
 
 from .storage import exists, read_text, write_text
 

@@ -93,8 +93,10 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
     """Clean, PGD (the study's eval attack) and AutoAttack accuracy of one trial's last checkpoint."""
     import torch
 
-    from arat_train.evaluate import autoattack_accuracy, load_for_evaluation, pgd_accuracy
-    from arat_train.train import CHECKPOINT_NAME, resolve_device
+    from arat_train.checkpoint import CHECKPOINT_NAME
+    from arat_train.evaluate import load_for_evaluation
+    from arat_train.robustness import autoattack_accuracy, pgd_accuracy
+    from arat_train.train import resolve_device
     from orchestrator.tracking import local_checkpoint_dir
 
     out = Verified(str(row["trial_id"]), float(row["clean_acc"]), float(row["robust_acc"]))

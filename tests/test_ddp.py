@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from arat_train.accuracy import accuracy_counts, eval_mode
+from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig
-from arat_train.evaluation import accuracy_counts, eval_mode
-from arat_train.train import CHECKPOINT_NAME, build, load_checkpoint, load_data, train
+from arat_train.train import build, load_data, train
 
 CFG = {
     "data": {"dataset": "digits", "train_limit": 320},

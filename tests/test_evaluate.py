@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from arat_train.accuracy import eval_mode
+from arat_train.checkpoint import load_checkpoint
 from arat_train.config import load_config
 from arat_train.data import ArrayData
-from arat_train.evaluate import autoattack_accuracy, main, pgd_accuracy
-from arat_train.evaluation import eval_mode
-from arat_train.train import build, load_checkpoint, load_data, train
+from arat_train.evaluate import main
+from arat_train.robustness import autoattack_accuracy, pgd_accuracy
+from arat_train.train import build, load_data, train
 
 EPS = 51.0  # 1/255, the digits threat model
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +78,7 @@ def test_autoattack_warnings_reach_our_logger_once(
     autoattack_accuracy(_Softmaxed(model), val.x, val.y, eps=EPS, version="cheap", attacks=["apgd-ce"],
                         n_examples=16, batch_size=8)  # two batches, so the check runs twice
     found = [r for r in caplog.records if "probability distribution" in r.getMessage()]
-    assert len(found) == 1 and found[0].name == "arat_train.evaluate"
+    assert len(found) == 1 and found[0].name == "arat_train.robustness"
 
 
 def test_standard_autoattack_is_at_most_cheap(trained: tuple[nn.Module, ArrayData, Path]) -> None:

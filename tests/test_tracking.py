@@ -22,8 +22,9 @@ import torch
 from conftest_mlflow import mlflow_server  # noqa: F401  (fixture)
 from mlflow import MlflowClient
 
+from arat_train.checkpoint import CHECKPOINT_NAME
 from arat_train.config import TrainConfig
-from arat_train.train import CHECKPOINT_NAME, train
+from arat_train.train import train
 from orchestrator.pareto import hypervolume_history, nondominated_ranks, pareto_mask
 from orchestrator.report import REPORT_FILES
 from orchestrator.tracking import (

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from arat_train.checkpoint import load_checkpoint
 from arat_train.config import TrainConfig
-from arat_train.train import TrainingDiverged, load_checkpoint, train
+from arat_train.train import TrainingDiverged, train
 
 SMALL = {
     "data": {"dataset": "digits", "train_limit": 256},
@@ -109,12 +110,12 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
 
     import numpy as np
 
-    from arat_train.train import _rng_state, _set_rng_state
+    from arat_train.checkpoint import rng_state, set_rng_state
 
     torch.manual_seed(3), random.seed(3), np.random.seed(3)
-    torch.save({"rng": _rng_state()}, tmp_path / "rng.pt")
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pt")
     first = (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist())
-    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist()) == first
 
 

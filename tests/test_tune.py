@@ -25,9 +25,10 @@ from conftest import PYTHON, RAY_BIN, REPO, RayCluster, run_tune
 from conftest_mlflow import mlflow_server  # noqa: F401  (fixture)
 from mlflow import MlflowClient
 
+from arat_train.accuracy import accuracy_counts, eval_mode
+from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig
-from arat_train.evaluation import accuracy_counts, eval_mode
-from arat_train.train import CHECKPOINT_NAME, build, load_checkpoint, load_data
+from arat_train.train import build, load_data
 from orchestrator.pareto import pareto_mask
 from orchestrator.tracking import _scoped_tracking_uri
 

@@ -1,0 +1,81 @@
+"""Training checkpoints: one file holding the modules, the optimiser, the run's progress and every RNG state.
+
+A checkpoint holds only tensors and plain Python values, so it loads with ``weights_only=True``: a planted file
+that asks the unpickler to run code is refused. Writes are atomic (a temporary file, then a rename).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 1
+
+Metrics = dict[str, float]
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint holds beyond the modules and the optimiser."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimiser steps
+    history: list[Metrics] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state, as tensors and plain Python values (a checkpoint loads with ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                                       float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, predictors: nn.Module | None,
+                    optimizer: torch.optim.Optimizer, state: RunState, cfg: TrainConfig,
+                    swa: dict[str, Any] | None) -> None:
+    """Write a checkpoint atomically (temp file, then rename); ``swa`` is the average's ``state_dict``."""
+    payload = {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": state.history,
+        "model": model.state_dict(),
+        "predictors": predictors.state_dict() if predictors is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "swa": swa,
+        "rng": rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: data, never code)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
