@@ -1,33 +1,38 @@
 """AR-AT (Waseda et al., ICLR 2025) as a plain PyTorch library: split-BN models, PGD, the asymmetric invariance
 loss with auto-balanced cross-entropy, the PGD-AT and TRADES baselines, and a training loop that hands per-epoch
 metrics to a callback. No Ray, Optuna or MLflow here: ``orchestrator/`` is the shell around it.
+
+The names below load on first use, so ``arat_train.config`` (plain Python and YAML) can be imported without torch.
 """
 
 from __future__ import annotations
 
-from .attacks import pgd_attack
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, load_config
-from .data import load_dataset, shard
-from .losses import Predictor, Predictors, arat_loss, invariance_loss, trades_loss
-from .models import build_model, export_model
-from .train import TrainingDiverged, lr_at, train
+import importlib
+from typing import Any
 
-__all__ = [
-    "Predictor",
-    "Predictors",
-    "TrainConfig",
-    "TrainingDiverged",
-    "arat_loss",
-    "build_model",
-    "export_model",
-    "invariance_loss",
-    "load_checkpoint",
-    "load_config",
-    "load_dataset",
-    "lr_at",
-    "pgd_attack",
-    "shard",
-    "trades_loss",
-    "train",
-]
+_EXPORTS = {
+    "pgd_attack": "attacks",
+    "load_checkpoint": "checkpoint",
+    "TrainConfig": "config",
+    "load_config": "config",
+    "load_dataset": "data",
+    "shard": "data",
+    "Predictor": "losses",
+    "Predictors": "losses",
+    "arat_loss": "losses",
+    "invariance_loss": "losses",
+    "trades_loss": "losses",
+    "build_model": "models",
+    "export_model": "models",
+    "TrainingDiverged": "train",
+    "lr_at": "train",
+    "train": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'arat_train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -7,8 +7,9 @@ per step. The *fast* step is ``arat_train``'s: data resident on the device, batc
 gradients in the attack, one forward of the objective per step, no host synchronisation in the loop, optional
 bf16 autocast and channels-last.
 
-Both run on the same model, batch size and attack steps, side by side in one process. The FLOP floor is
-DESIGN §3's: (2K + 6) forward-equivalents per image, the forward's FLOPs counted by torch's FlopCounterMode.
+Both run on the same model, batch size and attack steps, side by side in one process. The FLOP floor is the one
+in docs/design.md ("Work per image"): (2K + 6) forward-equivalents per image, the forward's FLOPs counted by
+torch's FlopCounterMode.
 
     python benchmarks/train_step.py --model resnet18 --batch-size 128 --attack-steps 10 --device cuda
 """
@@ -215,7 +216,7 @@ def main() -> None:
             if channels_last:
                 obj.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             gflop_fwd = gflop_fwd or forward_gflops(obj, (channels, size, size), device)
-            work = (2 * args.attack_steps + 6) * gflop_fwd  # GFLOP per image, DESIGN §3
+            work = (2 * args.attack_steps + 6) * gflop_fwd  # GFLOP per image (docs/design.md, "Work per image")
             if variant.endswith("-compile"):
                 obj.model.compile(mode=args.compile_mode)
             if device.type == "cuda":

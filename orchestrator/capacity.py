@@ -9,12 +9,16 @@ bundle never spans nodes, and the placement strategy decides how the bundles may
 
 A placement group that no node set can satisfy waits forever, so the study is refused up front, naming the field.
 On an autoscaling cluster the shapes include the node types the autoscaler may still add (up to their maximum):
-from the cluster launcher's config on the head (:func:`launcher_node_types`), or from the record an autoscaler
-publishes in the GCS.
+from the record an autoscaler publishes in the GCS (:func:`autoscaler_node_types`), else from the cluster
+launcher's config on the head (:func:`launcher_node_types`).
+
+The pure functions take node shapes; :func:`check_local_gpus` and :func:`check_cluster` are the study's two checks
+(before a local Ray starts, and right after joining a cluster).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +27,11 @@ from typing import Any
 
 import yaml
 
-from orchestrator.space import Scaling, SpecError
+from .space import Scaling, SpecError, StudySpec
 
+log = logging.getLogger(__name__)
+
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` leaves on the head for its autoscaler
 UNBOUNDED = 1_000  # node count used for an autoscaler node type without a maximum
 _EPS = 1e-9
 
@@ -103,3 +110,99 @@ def concurrent_trials(nodes: Sequence[NodeShape], s: Scaling, limit: int) -> int
                         f"a trial needs {n} workers but the nodes can place only {total} (each worker needs "
                         f"{s.cpus_per_worker:g} CPUs on one node); lower num_workers or cpus_per_worker")
     return min(limit, total // n)
+
+
+# ----------------------------------------------------------------------------------------- the study's checks
+
+
+def check_local_gpus(spec: StudySpec) -> None:
+    """Before starting a local Ray: refuse a trial that needs more GPUs than this machine has."""
+    if not spec.scaling.use_gpu:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if spec.scaling.gpus_per_trial > have:
+        raise SpecError("scaling.gpus_per_worker", _gpu_message(spec.scaling, have, "this machine"))
+
+
+def _gpu_message(s: Scaling, have: float, where: str) -> str:
+    return (f"a trial needs {s.gpus_per_trial:g} GPUs (num_workers {s.num_workers} x gpus_per_worker "
+            f"{s.gpus_per_worker:g}) but {where} has {have:g}; lower them or use a cluster with more GPUs")
+
+
+def autoscaler_node_types() -> list[NodeShape] | None:
+    """The node types an autoscaler published in the joined cluster's GCS; None when there is no such record.
+
+    Read through Ray's private ``ray._private.state`` (as Ray Data does): the one place that uses a private Ray
+    API. If a Ray release moves or changes it, the answer is None and the launcher's config is tried instead.
+    """
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception as err:  # a private reader: never let it stop a study
+        log.debug("no autoscaler record in the GCS: %s", err)
+        return None
+    if config is None:
+        return None
+    return [NodeShape(float(g.resources.get("CPU", 0)), float(g.resources.get("GPU", 0)),
+                      UNBOUNDED if g.max_count < 0 else int(g.max_count), g.name)
+            for g in config.node_group_configs if g.max_count != 0]
+
+
+def cluster_nodes(launcher_config: str = LAUNCHER_CONFIG) -> tuple[list[NodeShape], str]:
+    """The alive nodes of the joined cluster, plus the node types an autoscaler may add; and where those came from
+    ("" when none are known).
+
+    Node types come from the autoscaler's record in the GCS, else from the cluster launcher's config on the head
+    (this driver runs there under ``ray job submit``). KubeRay's autoscaler publishes neither: pass
+    ``--autoscaling`` there.
+    """
+    import ray
+
+    nodes = [NodeShape(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
+                       name=str(n.get("NodeManagerAddress", "node"))) for n in ray.nodes() if n.get("Alive")]
+    added = autoscaler_node_types()
+    if added:
+        return nodes + added, "the autoscaler's record in the GCS"
+    path = Path(launcher_config).expanduser()
+    if path.is_file():
+        try:
+            added = launcher_node_types(path)
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
+            log.warning("cannot read the cluster launcher's node types from %s: %s", path, err)
+        if added:
+            return nodes + added, str(path)
+    return nodes, ""
+
+
+def check_cluster(spec: StudySpec, autoscaling: bool = False) -> int:
+    """Refuse a trial the joined cluster cannot place; return how many trials may run at once.
+
+    With ``autoscaling`` and no known node types, a trial the live nodes cannot hold is let through (with a
+    warning): it waits for the nodes the autoscaler adds.
+    """
+    nodes, source = cluster_nodes()
+    limit = min(spec.search.max_concurrent or spec.search.num_samples, spec.search.num_samples)
+    try:
+        return max(1, _placeable(spec.scaling, nodes, source, limit))
+    except SpecError as err:
+        if autoscaling and not source:
+            log.warning("the live nodes cannot hold a trial (%s); with --autoscaling it waits for the nodes the "
+                        "autoscaler adds", err)
+            return limit
+        raise
+
+
+def _placeable(s: Scaling, nodes: list[NodeShape], source: str, limit: int) -> int:
+    cpus = sum(n.cpus * n.count for n in nodes)
+    gpus = sum(n.gpus * n.count for n in nodes)
+    where = "the Ray cluster" + (f" (with the node types from {source})" if source else "")
+    if s.gpus_per_trial > gpus + 1e-9:
+        raise SpecError("scaling.gpus_per_worker", _gpu_message(s, gpus, where))
+    if s.cpus_per_trial > cpus + 1e-9:
+        raise SpecError("scaling.cpus_per_worker",
+                        f"a trial needs {s.cpus_per_trial:g} CPUs (num_workers {s.num_workers} x cpus_per_worker "
+                        f"{s.cpus_per_worker:g}) but {where} has {cpus:g}")
+    return concurrent_trials(nodes, s, limit)

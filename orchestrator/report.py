@@ -1,11 +1,11 @@
 """The study's Pareto report: a trials table computed first, then drawn as CSV, Parquet, PNG and HTML.
 
-:func:`build_front` turns trial records into a :class:`FrontData` (pandas tables plus the hypervolume history);
-the writers below only draw it. Nothing here talks to MLflow or Ray, so the report can be rebuilt from any source
-of trial records (the tracker, a test, a notebook).
+:func:`build_front` turns trial records (:class:`~orchestrator.records.TrialRecord`) into a :class:`FrontData`:
+the trials table of :func:`~orchestrator.records.trials_table` plus the finished trials in finish order and the
+hypervolume history; the writers below only draw it. Nothing here talks to MLflow or Ray, so the report can be
+rebuilt from any source of trial records (the tracker, a test, a notebook).
 
-Objectives are ``clean_acc`` and ``robust_acc``, both maximised (DESIGN §4). A trial counts as *finished* when its
-status is ``FINISHED``; only finished trials take part in the front, the ranks and the hypervolume.
+Only finished trials take part in the front, the ranks and the hypervolume (docs/design.md, "The front").
 """
 
 from __future__ import annotations
@@ -23,28 +23,22 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .pareto import hypervolume_history, nondominated_ranks, pareto_mask
+from .names import CONFIG_PREFIX, MAXIMIZE, OBJECTIVES
+from .pareto import hypervolume_history
+from .records import TrialRecord, finished, trials_table
 
-OBJECTIVES = ("clean_acc", "robust_acc")
-MAXIMIZE = (True, True)
-FINISHED = "FINISHED"
-PARAM_PREFIX = "params."
 # Above this many finished trials the PNG labels only the front, to stay readable.
 MAX_LABELLED = 40
 REPORT_FILES = ("front.csv", "trials.parquet", "front.png", "front.html", "hypervolume.png")
-
-_BASE_COLUMNS = ["trial_id", "run_id", "status", "finish_order", *OBJECTIVES, "pareto", "pareto_rank", "model_uri"]
 
 
 @dataclass(frozen=True)
 class FrontData:
     """Everything the report draws.
 
-    ``trials`` has one row per trial (any status) with columns ``trial_id``, ``run_id``, ``status``,
-    ``finish_order``, ``clean_acc``, ``robust_acc``, ``pareto`` (bool), ``pareto_rank`` (int; -1 when not finished
-    or when an objective is NaN), ``model_uri`` and one ``params.<dotted.key>`` string column per parameter.
-    ``finished`` is its finished rows in finish order and ``hypervolume[k]`` the hypervolume of the first
-    ``k + 1`` of them against ``reference``.
+    ``trials`` is the trials table (:func:`~orchestrator.records.trials_table`), one row per trial of any status;
+    ``finished`` is its finished rows in finish order (then input order) and ``hypervolume[k]`` the hypervolume
+    of the first ``k + 1`` of them against ``reference``.
     """
 
     trials: pd.DataFrame
@@ -61,70 +55,22 @@ class FrontData:
 
     @property
     def param_columns(self) -> list[str]:
-        """The ``params.*`` columns, sorted."""
-        return sorted(c for c in self.trials.columns if c.startswith(PARAM_PREFIX))
+        """The ``config/*`` columns, sorted."""
+        return sorted(c for c in self.trials.columns if c.startswith(CONFIG_PREFIX))
 
 
 def build_front(
-    records: Sequence[Mapping[str, Any]], reference: Sequence[float] = (0.0, 0.0), title: str = ""
+    records: Sequence[TrialRecord], reference: Sequence[float] = (0.0, 0.0), title: str = ""
 ) -> FrontData:
-    """Compute the front, ranks and hypervolume history of trial ``records``.
-
-    Each record holds ``trial_id`` and optionally ``run_id``, ``status`` (default ``FINISHED``), ``finish_order``
-    (finished trials are ordered by it, then by input order), ``clean_acc``, ``robust_acc`` (missing = NaN),
-    ``model_uri`` and ``params`` (a flat mapping; values become strings).
-    """
+    """Compute the trials table, the finish-ordered finished trials and the hypervolume history of ``records``."""
     ref = (float(reference[0]), float(reference[1]))
-    trials = _records_frame(records)
-    finished_mask = (trials["status"] == FINISHED).to_numpy()
-    finished = trials[finished_mask].copy()
-    finished["_input"] = np.arange(len(finished))
-    finished = finished.sort_values(["finish_order", "_input"], kind="stable", na_position="last")
-    points = finished[list(OBJECTIVES)].to_numpy(dtype=float)  # (N, 2)
-    finished["pareto"] = pareto_mask(points, list(MAXIMIZE))
-    finished["pareto_rank"] = nondominated_ranks(points, list(MAXIMIZE))
-    finished = finished.drop(columns="_input")
-    trials.loc[finished.index, "pareto"] = finished["pareto"]
-    trials.loc[finished.index, "pareto_rank"] = finished["pareto_rank"]
+    trials = trials_table(records)
+    done = finished(trials).copy()
+    done["_input"] = np.arange(len(done))
+    done = done.sort_values(["finish_order", "_input"], kind="stable", na_position="last").drop(columns="_input")
+    points = done[list(OBJECTIVES)].to_numpy(dtype=float)  # (N, 2)
     history = hypervolume_history(points, ref, list(MAXIMIZE))
-    return FrontData(trials, finished.reset_index(drop=True), history, ref, title)
-
-
-def _records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The trials table before the front is computed (``pareto`` False, ``pareto_rank`` -1 everywhere)."""
-    rows = []
-    for rec in records:
-        row: dict[str, Any] = {
-            "trial_id": str(rec["trial_id"]),
-            "run_id": str(rec.get("run_id") or ""),
-            "status": str(rec.get("status") or FINISHED),
-            "finish_order": _as_float(rec.get("finish_order")),
-            "model_uri": str(rec.get("model_uri") or ""),
-        }
-        row.update({k: _as_float(rec.get(k)) for k in OBJECTIVES})
-        row.update({f"{PARAM_PREFIX}{k}": str(v) for k, v in (rec.get("params") or {}).items()})
-        rows.append(row)
-    trials = pd.DataFrame(rows)
-    for column in _BASE_COLUMNS:
-        if column not in trials:
-            trials[column] = pd.Series(dtype=object)
-    trials["pareto"] = False
-    trials["pareto_rank"] = -1
-    trials[list(OBJECTIVES)] = trials[list(OBJECTIVES)].astype(float)
-    trials["finish_order"] = trials["finish_order"].astype(float)
-    params = sorted(c for c in trials.columns if c.startswith(PARAM_PREFIX))
-    trials[params] = trials[params].fillna("")
-    return trials[_BASE_COLUMNS + params].reset_index(drop=True)
-
-
-def _as_float(value: Any) -> float:
-    """``value`` as a float; None and non-numbers become NaN."""
-    if isinstance(value, bool) or value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+    return FrontData(trials, done.reset_index(drop=True), history, ref, title)
 
 
 def write_report(data: FrontData, directory: str | Path) -> dict[str, Path]:
@@ -305,9 +251,14 @@ def front_html(data: FrontData) -> str:
     return _page(data, "\n".join(parts), fin, placed)
 
 
+def _missing(value: Any) -> bool:
+    """An empty cell of a config column: absent, None, NaN or the empty string."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
 def _circle(row: Mapping[str, Any], params: list[str], cx: float, cy: float) -> str:
     """One trial's SVG circle with its data attributes (HTML-escaped)."""
-    values = {c[len(PARAM_PREFIX):]: row[c] for c in params if row.get(c, "") != ""}
+    values = {c[len(CONFIG_PREFIX):]: str(row[c]) for c in params if not _missing(row.get(c))}
     attrs = {
         "class": "front" if row["pareto"] else "dominated",
         "cx": f"{cx:.1f}", "cy": f"{cy:.1f}", "r": "7" if row["pareto"] else "6",

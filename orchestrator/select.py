@@ -23,14 +23,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from .tracking import (
-    MODEL_ERROR_TAG,
-    MODEL_URI_TAG,
-    PARETO_TAG,
-    RUN_KIND_TAG,
-    TRIAL_TAG,
-    default_tracking_uri,
-)
+from .names import MODEL_ERROR_TAG, MODEL_URI_TAG, PARETO_TAG, RUN_KIND_TAG, TRIAL_TAG
+from .tracking import default_tracking_uri
 
 EXIT_NONE_QUALIFIES = 1
 EXIT_NOT_FOUND = 2

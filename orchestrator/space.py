@@ -38,7 +38,6 @@ from arat_train.config import ConfigError, TrainConfig, deep_merge, flatten, par
 SECTIONS = ("name", "description", "train", "scaling", "search", "space", "failure", "debug")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # of a trial's placement group
-OBJECTIVES = ("clean_acc", "robust_acc")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRAIN_KEYS = TrainConfig().flat()  # every dotted TrainConfig key with its default
 
@@ -145,8 +144,7 @@ class StudySpec:
 
     def train_config(self, params: Mapping[str, Any]) -> TrainConfig:
         """The TrainConfig of one trial: fixed values, then ``params`` (dotted keys) on top."""
-        flat = {k: v for k, v in params.items() if k in _TRAIN_KEYS}
-        return TrainConfig.from_dict(deep_merge(self.train, unflatten(flat)))
+        return trial_config(self.train, params)
 
     def default_point(self) -> dict[str, Any]:
         """The searched keys at their fixed (or TrainConfig default) values: the enqueued first trial."""
@@ -165,6 +163,13 @@ class StudySpec:
             "failure": vars(self.failure).copy(),
             "debug": {"fail_trials": list(self.debug.fail_trials)},
         }
+
+
+def trial_config(train: Mapping[str, Any], params: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig of one trial: the preset's fixed ``train`` mapping, then ``params`` (dotted training keys;
+    other keys are ignored) on top."""
+    flat = {k: v for k, v in params.items() if k in _TRAIN_KEYS}
+    return TrainConfig.from_dict(deep_merge(train, unflatten(flat)))
 
 
 # --------------------------------------------------------------------------------------------- loading

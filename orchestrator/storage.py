@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +42,20 @@ def write_text(path: str, text: str) -> None:
     fs.create_dir(p.rpartition("/")[0], recursive=True)
     with fs.open_output_stream(p) as fh:
         fh.write(text.encode())
+
+
+@contextmanager
+def local_dir(path: str) -> Iterator[str]:
+    """A local directory with the contents of directory ``path`` (a local path or a URI such as s3://).
+
+    A local path is used in place; a remote one is copied to a temporary directory removed afterwards.
+    """
+    if "://" not in path:
+        yield str(Path(path).expanduser())
+        return
+    import pyarrow.fs
+
+    fs, where = filesystem(path)
+    with tempfile.TemporaryDirectory(prefix="arat_ckpt_") as tmp:
+        pyarrow.fs.copy_files(where, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield tmp

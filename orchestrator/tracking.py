@@ -1,6 +1,6 @@
-"""MLflow tracking of a study, written from the Tune driver only (one writer; DESIGN §6).
+"""MLflow tracking of a study, written from the Tune driver only (one writer; docs/design.md, "Tracking").
 
-:class:`StudyTracker` is Ray-free: it takes trial ids, flat configs, metric dicts and *local* checkpoint paths
+:class:`StudyTracker` imports neither Ray nor torch: it takes trial ids, flat configs, metric dicts and *local* checkpoint paths
 and writes them through an explicit :class:`~mlflow.MlflowClient` (no global active run). Layout:
 
 * one experiment per study name; a parent run (tags ``run_kind=study``, ``study_name``, ``sampler``, ``seed``,
@@ -20,8 +20,8 @@ and writes them through an explicit :class:`~mlflow.MlflowClient` (no global act
 Resume: :meth:`StudyTracker.start` finds the parent run by its ``study_name`` tag and every child by its
 ``trial_id`` tag and reuses them, rebuilding the front from the logged metrics and ``finish_order`` tags.
 
-:class:`MLflowTuneCallback` adapts Ray Tune's callback hooks to the tracker and turns a checkpoint URI into a
-local directory for it.
+Ray Tune's hooks reach the tracker through :class:`orchestrator.tune_callbacks.MLflowTuneCallback`; a front
+model is exported by :mod:`orchestrator.export`, imported only when a model is logged.
 """
 
 from __future__ import annotations
@@ -30,53 +30,45 @@ import importlib.metadata
 import logging
 import math
 import numbers
-import os
 import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import mlflow.pytorch
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
-from mlflow.environment_variables import MLFLOW_TRACKING_URI
-from mlflow.models import infer_signature
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-from ray.tune import Callback
-from torch import nn
 
-from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from arat_train.config import TrainConfig, flatten
-from arat_train.models import export_model
-from arat_train.train import build
+from arat_train.config import flatten
 
+from .names import (
+    FAILURE_TAG,
+    FINISH_ORDER_TAG,
+    FROM_MLFLOW,
+    MAXIMIZE,
+    MODEL_ERROR_TAG,
+    MODEL_URI_TAG,
+    OBJECTIVES,
+    PARENT_TAG,
+    PARETO_TAG,
+    RANK_TAG,
+    RUN_KIND_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    Status,
+)
 from .pareto import pareto_mask
-from .report import FINISHED, MAXIMIZE, OBJECTIVES, build_front, write_report
-
-if TYPE_CHECKING:
-    from ray.tune.experiment import Trial
+from .records import TrialRecord
+from .report import build_front, write_report
 
 log = logging.getLogger(__name__)
 
-RUN_KIND_TAG = "run_kind"  # "study" on the parent, "trial" on a child
-STUDY_TAG = "study_name"
-TRIAL_TAG = "trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-PARETO_TAG = "pareto"
-RANK_TAG = "pareto_rank"
-FINISH_ORDER_TAG = "finish_order"
-FAILURE_TAG = "failure_reason"
-MODEL_URI_TAG = "model_uri"
-MODEL_ERROR_TAG = "model_error"
-MODEL_NAME = "model"
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 REPORT_DIR = "pareto"
 SPACE_ARTIFACT = "search_space.yaml"
 # Bookkeeping values in Tune results that are not metrics of the trial.
@@ -108,27 +100,6 @@ def code_version() -> str:
         return f"arat-tune=={importlib.metadata.version('arat-tune')}"
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def export_checkpoint(path: str | Path) -> tuple[nn.Module, np.ndarray]:
-    """(exported single-BN network in eval mode, input example (2, C, H, W) float32) of a ``checkpoint.pt``.
-
-    ``path`` is the file or the directory holding it. The network is rebuilt from the checkpoint's config and
-    carries its adv-BN weights (:func:`arat_train.models.export_model`).
-    """
-    file = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
-    ckpt = load_checkpoint(file, "cpu")
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    state = ckpt["model"]
-    num_classes = int(state["linear.weight"].shape[0])
-    in_channels = int(next(v for v in state.values() if v.ndim == 4).shape[1])  # first conv: (out, in, k, k)
-    objective = build(cfg, num_classes, in_channels, torch.device("cpu"))
-    objective.model.load_state_dict(state)
-    model = export_model(objective.model).eval()
-    size = 32 if cfg.data.dataset.startswith("cifar") else cfg.data.image_size
-    gen = torch.Generator().manual_seed(0)
-    example = torch.rand((2, in_channels, size, size), generator=gen).numpy()  # (B, C, H, W) in [0, 1]
-    return model, example
 
 
 def _numeric(values: Mapping[str, Any]) -> dict[str, float]:
@@ -412,20 +383,21 @@ class StudyTracker:
             now = _now_ms()
             self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
-    def _records(self) -> list[dict[str, Any]]:
-        return [{"trial_id": tid, "run_id": t.run_id, "status": t.status, "finish_order": t.finish_order,
-                 "clean_acc": t.clean_acc, "robust_acc": t.robust_acc, "model_uri": t.model_uri, "params": t.params}
+    def _records(self) -> list[TrialRecord]:
+        return [TrialRecord(trial_id=tid, run_id=t.run_id, status=FROM_MLFLOW[t.status],
+                            finish_order=t.finish_order if t.finish_order is not None else math.nan,
+                            clean_acc=t.clean_acc, robust_acc=t.robust_acc, model_uri=t.model_uri, params=t.params)
                 for tid, t in self._trials.items()]
 
     def _publish(self, new_finished: bool) -> None:
         """Re-tag changed children, log the parent's front metrics and rewrite the report artifacts."""
         data = build_front(self._records(), self.reference_point, title=f"Study {self.study_name}")
         for row in data.trials.itertuples():
-            if row.status == "RUNNING":
+            if row.status == Status.RUNNING:
                 continue  # tagged when it ends
             trial = self._trials[row.trial_id]
             want = {PARETO_TAG: "true" if row.pareto else "false"}
-            if row.status == FINISHED:
+            if row.status == Status.FINISHED:
                 want[RANK_TAG] = str(int(row.pareto_rank))
             changed = {k: v for k, v in want.items() if trial.tags.get(k) != v}
             if changed:
@@ -441,141 +413,15 @@ class StudyTracker:
 
     def _log_model(self, trial_id: str, trial: _Trial, checkpoint_path: str | Path) -> None:
         """Log the exported network of a front trial as a LoggedModel linked to its run; failures are tagged."""
+        from .export import log_checkpoint_model  # torch and mlflow.pytorch, only when a model is logged
+
         try:
-            model, example = export_checkpoint(checkpoint_path)
-            with torch.no_grad():
-                output = model(torch.from_numpy(example)).numpy()  # (B, num_classes)
-            signature = infer_signature(example, output)
-            # log_model without an active run files the LoggedModel under the default experiment (MLflow 3.17),
-            # so it is created here in the study's experiment and passed by id.
-            logged = self.client.create_logged_model(
-                self.experiment_id, name=MODEL_NAME, source_run_id=trial.run_id,
-                tags={TRIAL_TAG: trial_id, STUDY_TAG: self.study_name}, params=trial.params)
-            with _scoped_tracking_uri(self.tracking_uri):
-                info = mlflow.pytorch.log_model(
-                    model, name=MODEL_NAME, model_id=logged.model_id, run_id=trial.run_id,
-                    signature=signature, input_example=example, serialization_format="pt2",
-                    pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
-                    step=trial.last_step or 0)
+            uri = log_checkpoint_model(self.client, self.tracking_uri, checkpoint_path, experiment_id=self.experiment_id,
+                                       run_id=trial.run_id, step=trial.last_step or 0,
+                                       tags={TRIAL_TAG: trial_id, STUDY_TAG: self.study_name}, params=trial.params)
         except Exception as exc:  # a missing or unreadable checkpoint must not stop the study
             log.warning("trial %s: could not log its model from %s: %s", trial_id, checkpoint_path, exc)
             self._log_tags(trial.run_id, {MODEL_ERROR_TAG: f"{type(exc).__name__}: {exc}"[-_MAX_TAG:]})
             return
-        trial.model_uri = info.model_uri
+        trial.model_uri = uri
         self._log_tags(trial.run_id, {MODEL_URI_TAG: trial.model_uri})
-
-
-@contextmanager
-def _scoped_tracking_uri(uri: str) -> Iterator[None]:
-    """Set MLflow's global tracking URI for a block: ``log_model`` builds its own client from it.
-
-    MLflow's ``_use_tracking_uri`` restores the module global but unsets ``MLFLOW_TRACKING_URI`` when that global
-    was unset, so the variable is restored here too.
-    """
-    saved = os.environ.get(MLFLOW_TRACKING_URI.name)
-    try:
-        with _use_tracking_uri(uri):
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop(MLFLOW_TRACKING_URI.name, None)
-        else:
-            os.environ[MLFLOW_TRACKING_URI.name] = saved
-
-
-# --- Ray Tune adapter ------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def local_checkpoint_dir(path: str) -> Iterator[str]:
-    """A local directory with the contents of checkpoint directory ``path`` (a local path or a URI, e.g. s3://).
-
-    A local path is used in place; a remote one is downloaded to a temporary directory removed afterwards.
-    """
-    from ray.train import Checkpoint
-
-    with Checkpoint(path).as_directory() as local:
-        yield local
-
-
-def _result_step(result: Mapping[str, Any]) -> int:
-    """The MLflow step of a Tune result: its 1-based ``epoch``, else Tune's ``training_iteration``."""
-    for key in ("epoch", "training_iteration"):
-        value = result.get(key)
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return int(float(value))
-    return 0
-
-
-def _error_text(trial: Trial) -> str:
-    """The trial's error as Tune recorded it (its error file), or a short note when there is none."""
-    try:
-        if trial.error_file and Path(trial.error_file).exists():
-            return Path(trial.error_file).read_text(errors="replace")
-        return str(trial.get_error() or f"trial {trial.trial_id} errored (no error file)")
-    except OSError as exc:
-        return f"trial {trial.trial_id} errored (error file unreadable: {exc})"
-
-
-class MLflowTuneCallback(Callback):
-    """Forward Ray Tune's trial events to a :class:`StudyTracker` (add it to ``tune.RunConfig(callbacks=...)``).
-
-    The driver is the only writer. Each result's ``epoch`` is the step; on completion the trial's last result is
-    the final one and its ``checkpoint_path`` (a storage path or URI) is fetched to a local directory only when the
-    trial is on the front.
-    """
-
-    def __init__(self, tracker: StudyTracker) -> None:
-        self.tracker = tracker
-        self._started = False
-        self._seen: set[str] = set()
-
-    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
-              **info: Any) -> None:
-        """Start the tracker (get or create the experiment and parent run) when Tune starts."""
-        self._ensure_started()
-
-    def _ensure_started(self) -> None:
-        if not self._started:
-            self.tracker.start()
-            self._started = True
-
-    def _ensure_trial(self, trial: Trial) -> None:
-        self._ensure_started()
-        if trial.trial_id not in self._seen:
-            self.tracker.trial_started(trial.trial_id, dict(trial.config))
-            self._seen.add(trial.trial_id)
-
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        """Create or reuse the trial's child run."""
-        self._seen.discard(trial.trial_id)  # a restart reopens a failed run
-        self._ensure_trial(trial)
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        """Log one epoch's metrics."""
-        self._ensure_trial(trial)
-        self.tracker.trial_result(trial.trial_id, result, _result_step(result))
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        """Finish the trial's run, update the front, and log the model of a front trial."""
-        self._ensure_trial(trial)
-        final = dict(trial.last_result or {})
-        uri = final.get("checkpoint_path")
-        with ExitStack() as stack:
-            local = None
-            if isinstance(uri, str) and uri and self.tracker.needs_checkpoint(final):
-                try:
-                    local = stack.enter_context(local_checkpoint_dir(uri))
-                except Exception as exc:  # unreachable storage costs the model, not the study's record
-                    log.warning("trial %s: checkpoint %s unavailable (%s); no model logged", trial.trial_id, uri, exc)
-            self.tracker.trial_completed(trial.trial_id, final, local)
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        """End the trial's run as FAILED with Tune's error text."""
-        self._ensure_trial(trial)
-        self.tracker.trial_failed(trial.trial_id, _error_text(trial))
-
-    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """End the parent run."""
-        if self._started:
-            self.tracker.finish()

@@ -32,9 +32,10 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from arat_train.config import TrainConfig, deep_merge, unflatten
+from arat_train.config import TrainConfig
 from arat_train.train import TrainingDiverged, train
 
+from .space import trial_config
 from .storage import exists, read_text, write_text
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
     failure = _read_failure(study.train_storage, run_name)
     if failure is not None:
         raise TrialFailed(f"{failure} (recorded by an earlier attempt; not retried)")
-    cfg = TrainConfig.from_dict(deep_merge(study.train, unflatten(config)))
+    cfg = trial_config(study.train, config)
     trainer = TorchTrainer(
         worker_loop,  # type: ignore[arg-type]  # Train V2 hands rank 0's return value on as Result.return_value
         train_loop_config={"train": cfg.to_dict(), "fail": trial_index(name) in study.fail_trials,

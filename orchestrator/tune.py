@@ -16,54 +16,28 @@ import sys
 
 if __package__ in (None, ""):
     # Run as a script (also under `ray job submit`): Python put orchestrator/ first on sys.path, where a module
-    # named like a standard one (select.py, ...) would shadow it. Put the repo root there instead.
+    # named like a standard one (select.py) would shadow it. Put the repo root there instead; the imports below
+    # come after this on purpose (E402 is off for this file in pyproject.toml).
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import logging
+from typing import Any
 
-import yaml  # noqa: E402
+import yaml
 
-from arat_train.config import flatten  # noqa: E402
-from orchestrator.capacity import UNBOUNDED, NodeShape, concurrent_trials, launcher_node_types  # noqa: E402
-from orchestrator.space import (  # noqa: E402
-    OBJECTIVES,
-    SpecError,
-    StudySpec,
-    check_name,
-    load_spec,
-    make_sampler,
-    optuna_space,
-    read_preset,
-    validate,
-)
-from orchestrator.storage import absolute, exists, read_text, write_text  # noqa: E402
+from arat_train.config import flatten
+from orchestrator.capacity import check_cluster, check_local_gpus
+from orchestrator.names import OBJECTIVES
+from orchestrator.records import finished, format_table, read_trials_table, table_path
+from orchestrator.space import SpecError, StudySpec, make_sampler, optuna_space
+from orchestrator.study import DEFAULT_PRESET, REPO, Study, plan_study
 
 log = logging.getLogger("orchestrator.tune")
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_PRESET = REPO / "search_spaces" / "quickstart.yaml"
-SPEC_FILE = "study.yaml"
 
-
-@dataclass(frozen=True)
-class Study:
-    """A validated study: its preset, its name and where it lives."""
-
-    spec: StudySpec
-    name: str
-    storage_path: str  # absolute local path or URI
-    tracking_uri: str
-    resume: bool
-
-    @property
-    def path(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+class ClusterUnreachable(RuntimeError):
+    """``RAY_ADDRESS`` names a cluster this process cannot join."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,161 +63,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def plan_study(args: argparse.Namespace) -> Study:
-    """Resolve and validate everything a study needs, without starting Ray or writing anything."""
-    storage = absolute(args.storage_path or "runs")
-    tracking = args.tracking_uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    if args.num_samples is not None and args.num_samples < 1:
-        raise SpecError("--num-samples", f"must be >= 1, got {args.num_samples}")
-    if args.resume:
-        return _plan_resume(args, storage, tracking)
-    spec = load_spec(args.config or DEFAULT_PRESET, args.overrides, num_samples=args.num_samples,
-                     smoke_test=args.smoke_test)
-    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.name is not None:
-        check_name(args.name, "--name")
-    study = Study(spec, name, storage, tracking, resume=False)
-    if exists(study.path):
-        raise SpecError("--name", f"a study {name!r} already exists in {storage}; pass --resume to continue it "
-                                  "or choose another --name")
-    return study
-
-
-def _plan_resume(args: argparse.Namespace, storage: str, tracking: str) -> Study:
-    name = args.name or _newest_study(storage, args.config)
-    path = f"{storage.rstrip('/')}/{name}"
-    if not exists(f"{path}/{SPEC_FILE}"):
-        raise SpecError("--resume", f"no study {name!r} in {storage} (looked for {path}/{SPEC_FILE})")
-    if args.overrides or args.num_samples is not None or args.smoke_test or args.tracking_uri:
-        log.warning("--resume continues %s with its stored settings (MLflow tracking URI included); "
-                    "--set/--num-samples/--smoke-test/--tracking-uri are ignored", name)
-    raw = yaml.safe_load(read_text(f"{path}/{SPEC_FILE}"))
-    return Study(validate(raw), name, storage, tracking, resume=True)
-
-
-def _newest_study(storage: str, config: str | None) -> str:
-    """The most recently changed study of the preset ``config`` (or the default preset) in local storage."""
-    if "://" in storage:
-        raise SpecError("--name", "is required with --resume when --storage-path is a URI")
-    preset = str(read_preset(config or DEFAULT_PRESET).get("name", ""))
-    found = sorted((p.stat().st_mtime, p.name) for p in Path(storage).glob(f"{preset}-*") if (p / SPEC_FILE).is_file())
-    if not found:
-        raise SpecError("--resume", f"no study of preset {preset!r} in {storage}; pass --name")
-    return found[-1][1]
-
-
-def check_local_gpus(spec: StudySpec) -> None:
-    """Before starting a local Ray: refuse a trial that needs more GPUs than this machine has."""
-    if not spec.scaling.use_gpu:
-        return
-    import torch
-
-    have = torch.cuda.device_count()
-    if spec.scaling.gpus_per_trial > have:
-        raise SpecError("scaling.gpus_per_worker", _gpu_message(spec, have, "this machine"))
-
-
-def _gpu_message(spec: StudySpec, have: float, where: str) -> str:
-    s = spec.scaling
-    return (f"a trial needs {s.gpus_per_trial:g} GPUs (num_workers {s.num_workers} x gpus_per_worker "
-            f"{s.gpus_per_worker:g}) but {where} has {have:g}; lower them or use a cluster with more GPUs")
-
-
-LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` leaves on the head for its autoscaler
-
-
-def cluster_nodes(launcher_config: str = LAUNCHER_CONFIG) -> tuple[list[NodeShape], str]:
-    """The alive nodes of the joined cluster, plus the node types an autoscaler may add; and where those came from
-    ("" when none are known).
-
-    Node types come from the record an autoscaler publishes in the GCS (read through ``ray._private.state``, as
-    Ray Data does), else from the cluster launcher's config on the head (this driver runs there under
-    ``ray job submit``). KubeRay's autoscaler publishes neither: pass ``--autoscaling`` there.
-    """
+def connect(study: Study, autoscaling: bool = False) -> int:
+    """Start or join Ray, then check the study against the cluster; return the trial concurrency."""
     import ray
+    import ray.exceptions
 
-    nodes = [NodeShape(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
-                       name=str(n.get("NodeManagerAddress", "node"))) for n in ray.nodes() if n.get("Alive")]
     try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception as err:  # a private reader: never let it stop a study
-        log.debug("no autoscaler record in the GCS: %s", err)
-        config = None
-    added = [NodeShape(float(g.resources.get("CPU", 0)), float(g.resources.get("GPU", 0)),
-                       UNBOUNDED if g.max_count < 0 else int(g.max_count), g.name)
-             for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
-    if added:
-        return nodes + added, "the autoscaler's record in the GCS"
-    path = Path(launcher_config).expanduser()
-    if path.is_file():
-        try:
-            added = launcher_node_types(path)
-        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
-            log.warning("cannot read the cluster launcher's node types from %s: %s", path, err)
-        if added:
-            return nodes + added, str(path)
-    return nodes, ""
-
-
-def check_cluster(spec: StudySpec, autoscaling: bool = False) -> int:
-    """Refuse a trial the cluster cannot place; return how many trials may run at once.
-
-    With ``autoscaling`` and no known node types, a trial the live nodes cannot hold is let through (with a
-    warning): it waits for the nodes the autoscaler adds.
-    """
-    nodes, source = cluster_nodes()
-    limit = min(spec.search.max_concurrent or spec.search.num_samples, spec.search.num_samples)
+        # A local Ray keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the State API,
+        # which the dashboard serves, whether a trial's controller is still alive.
+        ray.init()  # joins the cluster of this Ray job or of RAY_ADDRESS, else starts a local one
+    except (ConnectionError, ray.exceptions.RayError) as err:
+        if not os.environ.get("RAY_ADDRESS"):
+            raise
+        raise ClusterUnreachable(
+            f"cannot join the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: {str(err).splitlines()[0]}. "
+            "A cluster with token authentication (Ray's default once a token exists) needs RAY_AUTH_MODE=token "
+            "and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from None
     try:
-        return max(1, _placeable(spec, nodes, source, limit))
-    except SpecError as err:
-        if autoscaling and not source:
-            log.warning("the live nodes cannot hold a trial (%s); with --autoscaling it waits for the nodes the "
-                        "autoscaler adds", err)
-            return limit
+        return check_cluster(study.spec, autoscaling)
+    except SpecError:
+        ray.shutdown()
         raise
 
 
-def _placeable(spec: StudySpec, nodes: list[NodeShape], source: str, limit: int) -> int:
-    cpus = sum(n.cpus * n.count for n in nodes)
-    gpus = sum(n.gpus * n.count for n in nodes)
-    where = "the Ray cluster" + (f" (with the node types from {source})" if source else "")
-    s = spec.scaling
-    if s.gpus_per_trial > gpus + 1e-9:
-        raise SpecError("scaling.gpus_per_worker", _gpu_message(spec, gpus, where))
-    if s.cpus_per_trial > cpus + 1e-9:
-        raise SpecError("scaling.cpus_per_worker",
-                        f"a trial needs {s.cpus_per_trial:g} CPUs (num_workers {s.num_workers} x cpus_per_worker "
-                        f"{s.cpus_per_worker:g}) but {where} has {cpus:g}")
-    return concurrent_trials(nodes, s, limit)
+def make_callbacks(study: Study) -> list[Any]:
+    """The study's Tune callbacks: the trials table, and MLflow tracking from the driver (the one writer)."""
+    from orchestrator.tracking import StudyTracker, code_version
+    from orchestrator.tune_callbacks import MLflowTuneCallback, TrialsTableCallback
 
-
-def make_callbacks(args: argparse.Namespace, study: Study) -> list[Any]:
-    """Tune callbacks of the study: MLflow tracking from the driver (the one writer), when available."""
-    try:
-        tracking = importlib.import_module("orchestrator.tracking")
-    except ModuleNotFoundError as err:
-        if err.name != "orchestrator.tracking":
-            raise
-        log.warning("orchestrator/tracking.py is not there: MLflow tracking is off")
-        return []
     spec = study.spec.to_dict()
-    tracker = tracking.StudyTracker(
+    tracker = StudyTracker(
         study.tracking_uri, study.name, space_yaml=yaml.safe_dump(spec, sort_keys=False),
         params={k: v for k, v in flatten(spec).items() if k != "description"},
-        sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=tracking.code_version())
-    return [tracking.MLflowTuneCallback(tracker)]
+        sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version())
+    return [TrialsTableCallback(study.path), MLflowTuneCallback(tracker)]
 
 
-def build_tuner(study: Study, concurrency: int, args: argparse.Namespace) -> Any:
+def build_tuner(study: Study, concurrency: int) -> Any:
     """A new Tuner for ``study``, or the restored one with ``--resume`` (whose callbacks were stored with it)."""
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from orchestrator.trainable import StudyContext, run_trial, trial_name
 
-    spec = study.spec
+    spec: StudySpec = study.spec
     context = StudyContext(name=study.name, train=spec.train, storage_path=study.storage_path,
                            num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                            resources_per_worker=spec.scaling.resources_per_worker(),
@@ -269,10 +132,22 @@ def build_tuner(study: Study, concurrency: int, args: argparse.Namespace) -> Any
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.search.num_samples,
                                     max_concurrent_trials=concurrency, trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(name=study.name, storage_path=study.storage_path,
-                                  callbacks=make_callbacks(args, study),
+        run_config=tune.RunConfig(name=study.name, storage_path=study.storage_path, callbacks=make_callbacks(study),
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures)),
     )
+
+
+def report(study: Study) -> int:
+    """Print the trials table (written by the study's callback) with the front; exit status 0 if any finished."""
+    frame = read_trials_table(study.path)
+    print(format_table(frame, list(study.spec.space)), flush=True)
+    print(f"trials table: {table_path(study.path)}", flush=True)
+    if finished(frame).empty:
+        return 1
+    # The search ranked by PGD on the validation split: the next step is the test split and AutoAttack.
+    print(f"verify the front: python -m orchestrator.verify --study {study.path} --tracking-uri "
+          f"{study.tracking_uri}", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,51 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {study.name}: {study.spec.search.num_samples} trials, {concurrency} at a time, "
           f"{study.spec.search.sampler} sampler; storage {study.path}", flush=True)
     if not study.resume:
-        write_text(f"{study.path}/{SPEC_FILE}", yaml.safe_dump(study.spec.to_dict(), sort_keys=False))
-    result_grid = build_tuner(study, concurrency, args).fit()
-    return report(result_grid, study)
-
-
-class ClusterUnreachable(RuntimeError):
-    """``RAY_ADDRESS`` names a cluster this process cannot join."""
-
-
-def connect(study: Study, autoscaling: bool = False) -> int:
-    """Start or join Ray, then check the study against the cluster; return the trial concurrency."""
-    import ray
-    import ray.exceptions
-
-    try:
-        # A local Ray keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the State API,
-        # which the dashboard serves, whether a trial's controller is still alive.
-        ray.init()  # joins the cluster of this Ray job or of RAY_ADDRESS, else starts a local one
-    except (ConnectionError, ray.exceptions.RayError) as err:
-        if not os.environ.get("RAY_ADDRESS"):
-            raise
-        raise ClusterUnreachable(
-            f"cannot join the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: {str(err).splitlines()[0]}. "
-            "A cluster with token authentication (Ray's default once a token exists) needs RAY_AUTH_MODE=token "
-            "and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from None
-    try:
-        return check_cluster(study.spec, autoscaling)
-    except SpecError:
-        ray.shutdown()
-        raise
-
-
-def report(result_grid: Any, study: Study) -> int:
-    """Write the trials table next to the study, print it with the front; exit status 0 if any trial finished."""
-    from orchestrator.results import format_table, trials_frame, write_parquet
-
-    frame = trials_frame(result_grid)
-    where = write_parquet(frame, study.path)
-    print(format_table(frame, list(study.spec.space)), flush=True)
-    print(f"trials table: {where}", flush=True)
-    finished = bool((frame["status"] == "TERMINATED").any())
-    if finished:  # the search ranked by PGD on the validation split: the next step is the test split and AutoAttack
-        print(f"verify the front: python -m orchestrator.verify --study {study.path} --tracking-uri "
-              f"{study.tracking_uri}", flush=True)
-    return 0 if finished else 1
+        study.write_spec()
+    build_tuner(study, concurrency).fit()
+    return report(study)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
                                   [--version standard|cheap] [--n-examples N] [--tracking-uri URI]
 
 The search ranks trials by PGD on the validation split; PGD over-states robustness, and the test split is kept
-for the chosen models' final figures (DESIGN §4). For each selected trial this loads its last checkpoint (from
+for the chosen models' final figures (docs/design.md, "Verification"). For each selected trial this loads its last checkpoint (from
 the study's ``trials.parquet``; local or a URI such as s3://), evaluates the adv-BN branch on ``--split`` with the
 study's evaluation threat model: clean, PGD (the eval attack), AutoAttack (``standard`` by default). It writes
 ``<study>/verified.csv``, logs ``<split>_clean_acc``, ``<split>_robust_acc`` and ``<split>_aa_acc`` to each
@@ -26,12 +26,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.results import PARQUET_NAME
-from orchestrator.storage import absolute, filesystem, write_text
+from orchestrator.names import RUN_KIND_TAG, TRIAL_TAG, VERIFIED_TABLE, Status
+from orchestrator.records import TableError, read_trials_table
+from orchestrator.storage import absolute, local_dir, write_text
+from orchestrator.tracking import default_tracking_uri
 
 log = logging.getLogger("orchestrator.verify")
 
-RESULT_NAME = "verified.csv"
+RESULT_NAME = VERIFIED_TABLE
+NEEDED_COLUMNS = ("trial_id", "status", "clean_acc", "robust_acc", "checkpoint_path", "pareto")
 
 
 @dataclass
@@ -55,20 +58,16 @@ class VerifyError(RuntimeError):
 
 def read_trials(study: str) -> pd.DataFrame:
     """``<study>/trials.parquet`` (a local directory or a URI) as written by ``orchestrator/tune.py``."""
-    import pyarrow.parquet as pq
-
-    path = f"{study.rstrip('/')}/{PARQUET_NAME}"
     try:
-        fs, where = filesystem(absolute(path))
-        return pq.read_table(where, filesystem=fs).to_pandas()
-    except (OSError, ValueError) as err:
-        raise VerifyError(f"--study: no trials table at {path} ({str(err).splitlines()[0]}); pass the study's "
-                          "directory, <storage-path>/<study name>, after its first run") from None
+        return read_trials_table(study, required=NEEDED_COLUMNS)
+    except TableError as err:
+        raise VerifyError(f"--study: {err}; pass the study's directory, <storage-path>/<study name>, after its "
+                          "first run") from None
 
 
 def select_trials(frame: pd.DataFrame, which: str) -> pd.DataFrame:
     """The finished trials named by ``which``: ``front`` (its Pareto front), ``all``, or comma-separated ids."""
-    finished = frame[frame["status"] == "TERMINATED"]
+    finished = frame[frame["status"] == Status.FINISHED]
     if which == "front":
         chosen = finished[finished["pareto"].astype(bool)]
     elif which == "all":
@@ -97,7 +96,6 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
     from arat_train.evaluate import load_for_evaluation
     from arat_train.robustness import autoattack_accuracy, pgd_accuracy
     from arat_train.train import resolve_device
-    from orchestrator.tracking import local_checkpoint_dir
 
     out = Verified(str(row["trial_id"]), float(row["clean_acc"]), float(row["robust_acc"]))
     uri = row.get("checkpoint_path")
@@ -106,7 +104,7 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
         return out
     device = resolve_device(args.device)
     try:
-        with local_checkpoint_dir(uri) as local:
+        with local_dir(uri) as local:
             model, cfg, data = load_for_evaluation(Path(local) / CHECKPOINT_NAME, args.split, device,
                                                    data_root=args.data_root, seed=args.seed)
         ev = cfg.eval.attack
@@ -129,8 +127,6 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
 def log_to_mlflow(results: Sequence[Verified], study_name: str, uri: str, split: str, version: str) -> int:
     """Log each verified trial's figures to its MLflow run; return how many runs were found."""
     from mlflow import MlflowClient
-
-    from orchestrator.tracking import RUN_KIND_TAG, TRIAL_TAG
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study_name)
@@ -199,8 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from orchestrator.tracking import default_tracking_uri
-
     try:
         chosen = select_trials(read_trials(args.study), args.trials)
     except VerifyError as err:

@@ -1,5 +1,5 @@
 """The baselines (PGD-AT, TRADES) and AR-AT+SWA in the shared harness: formulas, gradients, BN statistics, and
-where each method lands on digits relative to the others (DESIGN §7)."""
+where each method lands on digits relative to the others (docs/design.md, "Data")."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def trained() -> dict[str, dict[str, float]]:
 def test_every_method_beats_chance_and_is_robust(trained: dict[str, dict[str, float]]) -> None:
     for name, m in trained.items():
         assert m["clean_acc"] > 0.4, name  # chance is 0.1
-        assert m["robust_acc"] > 0.08, name  # plain training scores 0.00 here (DESIGN §7)
+        assert m["robust_acc"] > 0.08, name  # plain training scores 0.00 here (docs/design.md, "Data")
         assert m["robust_acc"] < m["clean_acc"], name
 
 

@@ -110,7 +110,7 @@ import ray
 from ray.core.generated import autoscaler_pb2
 from ray.experimental import internal_kv
 from orchestrator.space import SpecError, load_spec
-from orchestrator.tune import check_cluster
+from orchestrator.capacity import autoscaler_node_types, check_cluster
 
 repo = Path(sys.argv[1])
 spec = load_spec(repo / "search_spaces" / "quickstart.yaml", [
@@ -132,6 +132,9 @@ config = autoscaler_pb2.ClusterConfig(node_group_configs=[autoscaler_pb2.NodeGro
 internal_kv._internal_kv_put(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), config.SerializeToString(),
                              namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
 out["gcs_record"] = check_cluster(spec)
+# A Ray release without the private GCS reader: no record, so the launcher's config on the head counts again.
+sys.modules["ray._private.state"] = None
+out["reader_gone"] = [autoscaler_node_types(), check_cluster(spec)]
 ray.shutdown()
 print("RESULT " + json.dumps(out))
 """
@@ -140,7 +143,8 @@ print("RESULT " + json.dumps(out))
 def test_a_gpu_study_on_a_cluster_that_may_add_gpu_nodes() -> None:
     """A real local Ray with 1 CPU and no GPU, and a study of 4 one-GPU workers per trial: refused on the live nodes
     alone; let through (8 at a time, the samples) with --autoscaling; sized from the launcher's config on the head
-    (4 one-GPU nodes and 2 four-GPU nodes: 12 workers, 3 trials); sized from an autoscaler's GCS record (2 trials)."""
+    (4 one-GPU nodes and 2 four-GPU nodes: 12 workers, 3 trials); sized from an autoscaler's GCS record (2 trials);
+    and, when Ray's private GCS reader cannot be imported, from the launcher's config again (3 trials)."""
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 bytes
     try:
         proc = subprocess.run(
@@ -154,4 +158,4 @@ def test_a_gpu_study_on_a_cluster_that_may_add_gpu_nodes() -> None:
     out = json.loads(line[len("RESULT "):])
     assert out["live_nodes_only"].startswith("scaling.gpus_per_worker: a trial needs 4 GPUs")
     assert out == {"live_nodes_only": out["live_nodes_only"], "autoscaling_flag": 8, "launcher_config": 3,
-                   "gcs_record": 2}
+                   "gcs_record": 2, "reader_gone": [None, 3]}

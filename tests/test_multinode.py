@@ -149,7 +149,7 @@ def test_ddp_spans_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-5000:]
 
     frame = pd.read_parquet(storage / "spread" / "trials.parquet")
-    assert len(frame) == 1 and (frame["status"] == "TERMINATED").all(), frame[["status", "error"]]
+    assert len(frame) == 1 and (frame["status"] == "FINISHED").all(), frame[["status", "error"]]
     trial = frame.iloc[0]
     assert trial["epoch"] == 2 and trial["eval_examples"] == 128  # both ranks' shards, all-reduced
     assert set(trial["node_ids"].split(",")) == {two_nodes.head_id, two_nodes.second.node_id}
@@ -240,7 +240,7 @@ def test_node_lost_mid_study(two_nodes: TwoNodes, tmp_path: Path) -> None:
     assert {n["node_id"]: n["state"] for n in _nodes(cluster)}[two_nodes.second.node_id] == "DEAD"
 
     frame = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
-    assert len(frame) == 2 and (frame["status"] == "TERMINATED").all(), frame[["status", "error"]]
+    assert len(frame) == 2 and (frame["status"] == "FINISHED").all(), frame[["status", "error"]]
     assert (frame["epoch"] == EPOCHS).all()
     # The finished trial is kept, not trained again: the same final result, from both nodes.
     for trial_id, before in finished.items():

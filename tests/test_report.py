@@ -11,42 +11,43 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from orchestrator.names import Status
 from orchestrator.pareto import hypervolume_history, nondominated_ranks, pareto_mask
+from orchestrator.records import TrialRecord
 from orchestrator.report import REPORT_FILES, build_front, front_html, write_report
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _records(n: int = 12, seed: int = 0) -> list[dict[str, Any]]:
+def _records(n: int = 12, seed: int = 0) -> list[TrialRecord]:
     """``n`` finished trials with random objectives (finish order reversed from input), a failure, a NaN one."""
     rng = np.random.default_rng(seed)
-    records: list[dict[str, Any]] = [
-        {"trial_id": f"t{i:02d}", "run_id": f"run{i}", "status": "FINISHED", "finish_order": n - i,
-         "clean_acc": float(rng.uniform(0.6, 0.97)), "robust_acc": float(rng.uniform(0.0, 0.3)),
-         "params": {"arat.gamma": round(float(rng.uniform(1, 300)), 2), "attack.eps": 51}}
+    records = [
+        TrialRecord(f"t{i:02d}", Status.FINISHED, float(rng.uniform(0.6, 0.97)), float(rng.uniform(0.0, 0.3)),
+                    run_id=f"run{i}", finish_order=n - i,
+                    params={"arat.gamma": round(float(rng.uniform(1, 300)), 2), "attack.eps": 51})
         for i in range(n)
     ]
-    records.append({"trial_id": "failed", "status": "FAILED", "params": {"arat.gamma": 3.0}})
-    records.append({"trial_id": "nan", "status": "FINISHED", "finish_order": n + 1, "clean_acc": math.nan,
-                    "robust_acc": 0.2, "params": {"note": "<b>&\"quoted\"</b>"}})
-    records.append({"trial_id": "running", "status": "RUNNING"})
+    records.append(TrialRecord("failed", Status.FAILED, params={"arat.gamma": 3.0}))
+    records.append(TrialRecord("nan", Status.FINISHED, math.nan, 0.2, finish_order=n + 1,
+                               params={"note": "<b>&\"quoted\"</b>"}))
+    records.append(TrialRecord("running", Status.RUNNING))
     return records
 
 
 def test_table_matches_the_kernels() -> None:
     records = _records()
     data = build_front(records, reference=(0.0, 0.0), title="t")
-    finished = [r for r in records if r.get("status") == "FINISHED"]
-    finished.sort(key=lambda r: r["finish_order"])
-    points = np.array([[r.get("clean_acc", math.nan), r.get("robust_acc", math.nan)] for r in finished])
-    assert list(data.finished["trial_id"]) == [r["trial_id"] for r in finished]
+    finished = [r for r in records if r.status == Status.FINISHED]
+    finished.sort(key=lambda r: r.finish_order)
+    points = np.array([[r.clean_acc, r.robust_acc] for r in finished])
+    assert list(data.finished["trial_id"]) == [r.trial_id for r in finished]
     assert data.finished["pareto"].tolist() == pareto_mask(points).tolist()
     assert data.finished["pareto_rank"].tolist() == nondominated_ranks(points).tolist()
     np.testing.assert_allclose(data.hypervolume, hypervolume_history(points, (0.0, 0.0)))
@@ -54,7 +55,7 @@ def test_table_matches_the_kernels() -> None:
     assert len(data.trials) == len(records)
     assert not by_id.loc["failed", "pareto"] and by_id.loc["failed", "pareto_rank"] == -1
     assert by_id.loc["nan", "pareto_rank"] == -1 and by_id.loc["running", "status"] == "RUNNING"
-    assert by_id.loc["t00", "params.arat.gamma"] == str(records[0]["params"]["arat.gamma"])
+    assert by_id.loc["t00", "config/arat.gamma"] == records[0].params["arat.gamma"]
     front = data.front
     assert set(front["trial_id"]) == set(data.finished.loc[data.finished["pareto"], "trial_id"])
     assert front["clean_acc"].is_monotonic_decreasing
@@ -64,8 +65,7 @@ def test_empty_and_duplicates() -> None:
     empty = build_front([], reference=(0.0, 0.0))
     assert len(empty.trials) == 0 and len(empty.hypervolume) == 0 and len(empty.front) == 0
     assert front_html(empty).count("<circle") == 0
-    twins = build_front([{"trial_id": "a", "clean_acc": 0.5, "robust_acc": 0.5},
-                         {"trial_id": "b", "clean_acc": 0.5, "robust_acc": 0.5}])
+    twins = build_front([TrialRecord("a", Status.FINISHED, 0.5, 0.5), TrialRecord("b", Status.FINISHED, 0.5, 0.5)])
     assert twins.finished["pareto"].tolist() == [True, True]  # identical non-dominated points are both on it
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 from conftest import run_tune
 
-from orchestrator.results import format_table, with_pareto
+from orchestrator.names import Status
+from orchestrator.records import TrialRecord, format_table, trials_table
 from orchestrator.space import (
     SpecError,
     apply_overrides,
@@ -89,15 +89,12 @@ def test_bad_sampler_options_are_refused() -> None:
 
 
 def test_pareto_columns_cover_finished_trials_only() -> None:
-    frame = pd.DataFrame({
-        "trial_id": ["a", "b", "c", "d"],
-        "status": ["TERMINATED", "TERMINATED", "ERROR", "TERMINATED"],
-        "error": ["", "", "TrialFailed: boom", ""],
-        "clean_acc": [0.9, 0.8, 0.99, 0.7],
-        "robust_acc": [0.1, 0.3, 0.9, 0.2],
-        "checkpoint_path": ["/a", "/b", "", "/d"],
-    })
-    out = with_pareto(frame)
+    out = trials_table([
+        TrialRecord("a", Status.FINISHED, 0.9, 0.1, checkpoint_path="/a"),
+        TrialRecord("b", Status.FINISHED, 0.8, 0.3, checkpoint_path="/b"),
+        TrialRecord("c", Status.FAILED, 0.99, 0.9, error="TrialFailed: boom"),
+        TrialRecord("d", Status.FINISHED, 0.7, 0.2, checkpoint_path="/d"),
+    ])
     assert out["pareto"].tolist() == [True, True, False, False]
     assert out["pareto_rank"].tolist() == [0, 0, -1, 1]
     text = format_table(out)

@@ -25,15 +25,11 @@ from mlflow import MlflowClient
 from arat_train.checkpoint import CHECKPOINT_NAME
 from arat_train.config import TrainConfig
 from arat_train.train import train
+from orchestrator.export import export_checkpoint, scoped_tracking_uri
 from orchestrator.pareto import hypervolume_history, nondominated_ranks, pareto_mask
 from orchestrator.report import REPORT_FILES
-from orchestrator.tracking import (
-    MLflowTuneCallback,
-    StudyTracker,
-    _scoped_tracking_uri,
-    default_tracking_uri,
-    export_checkpoint,
-)
+from orchestrator.tracking import StudyTracker, default_tracking_uri
+from orchestrator.tune_callbacks import MLflowTuneCallback
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -195,7 +191,7 @@ def _check_models(uri: str, client: MlflowClient, experiment_id: str, by_trial: 
     x = torch.rand(3, 1, 8, 8)  # another batch size than the input example's
     model_uri = by_trial["b"].data.tags["model_uri"]
     assert model_uri.startswith("models:/m-")
-    with _scoped_tracking_uri(uri):
+    with scoped_tracking_uri(uri):
         loaded = mlflow.pytorch.load_model(model_uri)
     with torch.no_grad():
         out = loaded(x)

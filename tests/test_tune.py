@@ -29,8 +29,8 @@ from arat_train.accuracy import accuracy_counts, eval_mode
 from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig
 from arat_train.train import build, load_data
+from orchestrator.export import scoped_tracking_uri
 from orchestrator.pareto import pareto_mask
-from orchestrator.tracking import _scoped_tracking_uri
 
 pytestmark = pytest.mark.ray
 
@@ -98,10 +98,10 @@ def _check_mlflow(uri: str, study: str, frame: pd.DataFrame) -> None:
     parent, children = _mlflow_runs(uri, study)
     by_trial = {r.data.tags["trial_id"]: r for r in children}
     assert set(by_trial) == set(frame["trial_id"])
-    finished = frame[frame["status"] == "TERMINATED"]
+    finished = frame[frame["status"] == "FINISHED"]
     for row in frame.itertuples():
         run = by_trial[row.trial_id]
-        if row.status == "ERROR":
+        if row.status == "FAILED":
             assert run.info.status == "FAILED" and "ForcedTrialFailure" in run.data.tags["failure_reason"]
             continue
         assert run.info.status == "FINISHED"
@@ -115,7 +115,7 @@ def _check_mlflow(uri: str, study: str, frame: pd.DataFrame) -> None:
     names = {Path(f.path).name for f in client.list_artifacts(parent.info.run_id, "pareto")}
     assert {"front.csv", "trials.parquet", "front.png", "front.html", "hypervolume.png"} <= names
     front = [by_trial[t] for t, on in zip(finished["trial_id"], tagged, strict=True) if on]
-    with _scoped_tracking_uri(uri):
+    with scoped_tracking_uri(uri):
         model = mlflow.pytorch.load_model(front[0].data.tags["model_uri"])
     with torch.no_grad():
         assert model(torch.rand(4, 1, 16, 16)).shape == (4, 10)
@@ -145,8 +145,8 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
                 "pareto_rank", "config/arat.gamma", "config/attack.eps", "config/optim.epochs", "epoch"):
         assert col in frame.columns, col
 
-    failed = frame[frame["status"] == "ERROR"]
-    finished = frame[frame["status"] == "TERMINATED"]
+    failed = frame[frame["status"] == "FAILED"]
+    finished = frame[frame["status"] == "FINISHED"]
     assert len(failed) == 1 and len(finished) == 2
     assert "ForcedTrialFailure" in failed["error"].iloc[0]
     assert not failed["pareto"].iloc[0] and failed["pareto_rank"].iloc[0] == -1
@@ -235,7 +235,7 @@ def test_killed_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-5000:]
     frame = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
-    assert len(frame) == 3 and (frame["status"] == "TERMINATED").all(), frame[["status", "error"]]
+    assert len(frame) == 3 and (frame["status"] == "FINISHED").all(), frame[["status", "error"]]
     assert (frame["epoch"] == epochs).all()
     for trial_id in finished_before:  # kept: not trained again
         assert frame.loc[trial_id, "resumed_from_epoch"] == 0

@@ -24,8 +24,8 @@ TINY = {
     "perf": {"num_threads": 1},
 }
 # trial -> (status, clean, robust, pareto); "gone" is on the front but its checkpoint was deleted.
-TRIALS = {"a": ("TERMINATED", 0.90, 0.10, True), "b": ("TERMINATED", 0.70, 0.30, True),
-          "c": ("TERMINATED", 0.60, 0.05, False), "x": ("ERROR", math.nan, math.nan, False)}
+TRIALS = {"a": ("FINISHED", 0.90, 0.10, True), "b": ("FINISHED", 0.70, 0.30, True),
+          "c": ("FINISHED", 0.60, 0.05, False), "x": ("FAILED", math.nan, math.nan, False)}
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     rows = []
     for tid, (status, clean, robust, pareto) in TRIALS.items():
         tracker.trial_started(tid, {"arat.gamma": 30.0})
-        if status == "TERMINATED":
+        if status == "FINISHED":
             tracker.trial_completed(tid, {"clean_acc": clean, "robust_acc": robust, "epoch": 4}, None)
         else:
             tracker.trial_failed(tid, "RuntimeError: simulated")
         rows.append({"trial_id": tid, "status": status, "error": "", "clean_acc": clean, "robust_acc": robust,
-                     "checkpoint_path": str(ckpt) if status == "TERMINATED" else None, "pareto": pareto,
+                     "checkpoint_path": str(ckpt) if status == "FINISHED" else None, "pareto": pareto,
                      "pareto_rank": 0 if pareto else -1})
     tracker.finish()
     pd.DataFrame(rows).to_parquet(root / "runs" / "demo" / "trials.parquet")

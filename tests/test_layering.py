@@ -1,0 +1,31 @@
+"""The modules that only read or write MLflow records and trial tables never pull in Ray, torch or Optuna, so
+``python -m orchestrator.select`` and ``verify``'s reading start light. (That the method library never imports the
+orchestration stack is checked in test_train.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+HEAVY = ("ray", "torch", "optuna")
+
+
+def _imported(modules: list[str]) -> set[str]:
+    """The top-level packages loaded after importing ``modules`` in a fresh interpreter."""
+    code = ("import importlib, json, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(json.dumps(sorted({k.split('.')[0] for k in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("module", ["orchestrator.select", "orchestrator.tracking", "orchestrator.verify",
+                                    "orchestrator.report", "orchestrator.records", "orchestrator.names"])
+def test_mlflow_side_imports_neither_ray_nor_torch(module: str) -> None:
+    loaded = _imported([module])
+    assert not loaded & set(HEAVY), f"{module} imports {sorted(loaded & set(HEAVY))}"
