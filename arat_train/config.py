@@ -32,12 +32,23 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
+DIGITS_SIZE = 1797  # scikit-learn's digits: every image, before any split
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """Which data set and how it is split: ``train`` / ``val`` (the search's objectives) / ``test`` (verification).
+
+    ``val`` is held out of the training set with ``split_seed``. CIFAR's test split is its official test set; digits
+    has none, so a fixed ``test_size`` images (always seed 0, whatever ``split_seed``) are held out of everything
+    else first: the search never sees them.
+    """
+
     dataset: Literal["digits", "cifar10", "cifar100", "fake"] = "digits"
     root: str = "data"
     download: bool = False
-    val_size: int = 397
+    val_size: int = 360
+    test_size: int = 360  # digits only: the fixed held-out test split
     split_seed: int = 0
     image_size: int = 16
     augment: bool = False
@@ -47,6 +58,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.val_size > 0, "val_size", f"must be > 0, got {self.val_size}")
+        _require(self.test_size > 0, "test_size", f"must be > 0, got {self.test_size}")
+        if self.dataset == "digits":
+            room = DIGITS_SIZE - self.test_size - 1
+            _require(self.val_size <= room, "val_size",
+                     f"digits has {DIGITS_SIZE} images, {self.test_size} of them held out for test (data.test_size); "
+                     f"val_size must be in [1, {room}], got {self.val_size}")
         _require(self.image_size in (8, 16, 32), "image_size", f"allowed: 8, 16, 32; got {self.image_size}")
         _require(self.train_limit >= 0, "train_limit", f"must be >= 0 (0 = all), got {self.train_limit}")
         _require(self.fake_size > self.val_size or self.dataset != "fake", "fake_size",
@@ -164,13 +181,26 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """The objectives' measurement on the validation split (adv-BN branch, eval mode).
+
+    Every epoch reports ``clean_acc`` and ``robust_acc_pgd`` (PGD with ``attack``) on the first ``max_examples``
+    validation images. The last epoch's ``robust_acc``, the objective a study ranks by, comes from
+    ``final_attack``: ``apgd`` is the worst case over PGD, APGD-CE and APGD-T (AutoAttack's first two attacks, the
+    reference implementation) on the first ``final_examples`` of those images; ``pgd`` is the PGD figure. Earlier
+    epochs report ``robust_acc`` = ``robust_acc_pgd`` as progress.
+    """
+
     attack: AttackConfig = AttackConfig(eps=8.0, steps=20, step_size=2.0)
     batch_size: int = 256
     max_examples: int = 0  # 0 = the whole validation split
+    final_attack: Literal["pgd", "apgd"] = "pgd"
+    final_examples: int = 0  # 0 = the same images as max_examples
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_examples >= 0, "max_examples", f"must be >= 0 (0 = all), got {self.max_examples}")
+        _require(self.final_examples >= 0, "final_examples",
+                 f"must be >= 0 (0 = the eval.max_examples images), got {self.final_examples}")
 
 
 @dataclass(frozen=True)
