@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .accuracy import accuracy_counts, eval_mode
+from .attacks import pgd_attack
 from .config import AttackConfig
 from .data import ArrayData, to_float
 
@@ -182,6 +183,45 @@ def autoattack_accuracy(
     return AttackResult(f"autoattack-{version}", clean / n, robust / n, n, time.perf_counter() - start)
 
 
+def objective_counts(
+    model: nn.Module, x: Tensor, y: Tensor, pgd: AttackConfig, *, attacks: Sequence[str] = AA_CHEAP, seed: int = 0,
+    batch_size: int = 256,
+) -> Tensor:
+    """Counts ``[clean, pgd_robust, robust, total]`` (int64, on ``x``'s device) of ``model``'s adv-BN branch.
+
+    An example is ``pgd_robust`` when it is classified correctly after each of ``pgd.restarts`` PGD runs, and
+    ``robust`` when it also survives each of ``attacks`` (AutoAttack's, with their standard settings): the worst
+    case over all of them, so ``robust <= pgd_robust`` on the same examples by construction. Runs in eval mode and
+    fp32, seeded (the caller's RNG state is left as it was). Counts, so DDP ranks can sum them over their shards.
+    """
+    device = _device(model)
+    net = AdvBranch(model)
+    counts = torch.zeros(4, dtype=torch.int64, device=device)
+    if x.shape[0] == 0:
+        return counts
+    x, y = to_float(x.to(device)), y.to(device)
+    with eval_mode(model), seeded(seed, device), _tidy_autoattack_output():
+        with torch.no_grad():
+            num_classes = int(net(x[:1]).shape[1])
+        aa = _build_autoattack(net, "cheap", aa_attacks("cheap", attacks), eps=pgd.eps, norm=pgd.norm, seed=seed,
+                               num_classes=num_classes, device=device)
+        for idx in torch.arange(x.shape[0], device=device).split(batch_size):
+            xb, yb = x[idx], y[idx]
+            with torch.no_grad():
+                ok = net(xb).argmax(1) == yb
+            pgd_ok = ok.clone()
+            for _ in range(pgd.restarts):
+                x_adv = pgd_attack(net, xb, yb, **pgd.kwargs())
+                with torch.no_grad():
+                    pgd_ok &= net(x_adv).argmax(1) == yb
+            x_aa, _ = aa.run_standard_evaluation(xb, yb, batch_size=batch_size)
+            _check_ball(x_aa, xb, pgd.eps / 255.0, pgd.norm)
+            with torch.no_grad():
+                worst = pgd_ok & (net(x_aa).argmax(1) == yb)
+            counts += torch.stack([ok.sum(), pgd_ok.sum(), worst.sum(), torch.tensor(yb.numel(), device=device)])
+    return counts
+
+
 def _check_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> None:
     """Refuse a result whose examples leave the eps-ball or [0, 1] (AutoAttack only logs this)."""
     diff = (x_adv - x).flatten(1)
@@ -215,4 +255,5 @@ def pgd_accuracy(
     return AttackResult(name, int(counts["clean"]) / n, int(counts["robust"]) / n, n, time.perf_counter() - start)
 
 
-__all__ = ["AA_CHEAP", "AA_STANDARD", "AdvBranch", "AttackResult", "autoattack_accuracy", "pgd_accuracy"]
+__all__ = ["AA_CHEAP", "AA_STANDARD", "AdvBranch", "AttackResult", "autoattack_accuracy", "objective_counts",
+           "pgd_accuracy"]

@@ -28,9 +28,10 @@ from .accuracy import accuracy_counts, eval_mode
 from .attacks import pgd_attack
 from .checkpoint import CHECKPOINT_NAME, Metrics, RunState, load_checkpoint, save_checkpoint, set_rng_state
 from .config import AttackConfig, OptimConfig, TrainConfig
-from .data import ArrayData, epoch_batches, load_split, random_crop_flip, to_float
+from .data import ArrayData, epoch_batches, load_split, random_crop_flip, shard, to_float
 from .losses import Predictors, arat_loss, trades_kl, trades_loss
 from .models import build_model
+from .robustness import objective_counts
 from .swa import ParamAverage, reestimate_adv_bn
 
 log = logging.getLogger(__name__)
@@ -169,14 +170,41 @@ def _all_reduce(t: Tensor) -> Tensor:
 
 def evaluate_model(model: nn.Module, data: ArrayData, cfg: TrainConfig,
                    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Metrics:
-    """``clean_acc`` and ``robust_acc`` of the adv-BN branch in eval mode, summed over every rank's shard."""
+    """``clean_acc`` and ``robust_acc_pgd`` of the adv-BN branch in eval mode, summed over every rank's shard.
+
+    ``robust_acc`` repeats the PGD figure: the final epoch replaces it with :func:`final_objective`'s.
+    """
     rank, world = dist_info()
     with eval_mode(model):
         c = accuracy_counts(partial(model, bn="adv"), data, cfg.eval.attack, batch_size=cfg.eval.batch_size,
                             rank=rank, world_size=world, max_examples=cfg.eval.max_examples, autocast=autocast)
     counts = _all_reduce(torch.stack([c["clean"], c["robust"], c["total"]]))
     clean, robust, total = (int(v) for v in counts.tolist())
-    return {"clean_acc": clean / total, "robust_acc": robust / total, "eval_examples": float(total)}
+    return {"clean_acc": clean / total, "robust_acc": robust / total, "robust_acc_pgd": robust / total,
+            "eval_examples": float(total)}
+
+
+def final_objective(model: nn.Module, data: ArrayData, cfg: TrainConfig) -> Metrics:
+    """The objective ``robust_acc`` of a trained model with ``eval.final_attack = apgd``, and its masking gap.
+
+    On the first ``eval.final_examples`` evaluation images (each rank its shard, counts summed): the worst case over
+    the eval PGD, APGD-CE and APGD-T (:func:`arat_train.robustness.objective_counts`). ``masking_gap`` is PGD's
+    robust accuracy minus that, on the same images: a large gap means PGD's gradients mislead (gradient masking).
+    When those are all the evaluation images, ``robust_acc_pgd`` is that PGD run's figure, so that
+    ``masking_gap == robust_acc_pgd - robust_acc``.
+    """
+    ev = cfg.eval
+    n_eval = len(data) if ev.max_examples <= 0 else min(ev.max_examples, len(data))
+    n = min(n_eval, ev.final_examples) if ev.final_examples else n_eval
+    rank, world = dist_info()
+    mine = data.subset(shard(n, rank, world))
+    counts = _all_reduce(objective_counts(model, mine.x, mine.y, ev.attack, seed=cfg.seed,
+                                          batch_size=ev.batch_size))
+    _, pgd, robust, total = (int(v) for v in counts.tolist())
+    out = {"robust_acc": robust / total, "masking_gap": (pgd - robust) / total, "final_examples": float(total)}
+    if n == n_eval:  # the same images as the per-epoch PGD figure: report the PGD run the gap was measured with
+        out["robust_acc_pgd"] = pgd / total
+    return out
 
 
 @dataclass
@@ -285,6 +313,8 @@ def run_epoch(run: Run, epoch: int, progress: Callable[[Iterable[Tensor]], Itera
         for buf in run.objective.buffers():
             dist.broadcast(buf, src=0)
     metrics.update(evaluate_model(model, run.val_data, cfg, run.autocast))
+    if epoch == cfg.optim.epochs - 1 and cfg.eval.final_attack == "apgd":
+        metrics.update(final_objective(model, run.val_data, cfg))
     if run.swa is not None and epoch == cfg.optim.epochs - 1 and run.swa.n > 0:
         metrics.update(_swa_metrics(model, run.swa, run.train_data, run.val_data, cfg, run.autocast))
     run.state.epoch, metrics["epoch"] = epoch + 1, float(epoch + 1)
