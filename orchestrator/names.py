@@ -42,6 +42,9 @@ FINISH_ORDER_TAG = "finish_order"
 FAILURE_TAG = "failure_reason"
 MODEL_URI_TAG = "model_uri"
 MODEL_ERROR_TAG = "model_error"
+MASKING_TAG = "gradient_masking_suspect"  # "true" when PGD's robust accuracy exceeds the objective's by too much
+VERIFIED_TAG = "pareto_verified"  # "true" / "false": on the front of the verified (test, AutoAttack) figures
+VERIFIED_RANK_TAG = "pareto_verified_rank"
 
 # The study's files, under <storage>/<study>/.
 SPEC_FILE = "study.yaml"  # the resolved preset; --resume reads it back

@@ -143,6 +143,32 @@ def _crowding_min(q: np.ndarray) -> np.ndarray:
     return dist
 
 
+def staircase(points: object, maximize: Maximize = True) -> np.ndarray:
+    """The attainment surface of two objectives: the (K, 2) vertices of the staircase through the front of
+    ``points``, ordered by the first objective.
+
+    Between two neighbouring front points the line goes first along the second objective, then along the first,
+    through the corner both points attain (for two maximised objectives, (x1, y1) -> (x1, y2) -> (x2, y2) with
+    x1 < x2, y1 > y2): a straight segment between them would claim trade-offs nobody measured. Dominated rows,
+    NaN rows and duplicates of a front point add nothing; a front of one point is that point.
+    """
+    q, valid = _to_min(points, maximize)
+    if q.shape[1] != 2:
+        raise ValueError(f"a staircase needs exactly 2 objectives, got {q.shape[1]}")
+    arr = np.asarray(points, dtype=float).reshape(q.shape)
+    front = np.unique(arr[pareto_mask(arr, maximize)], axis=0)
+    if front.shape[0] == 0:
+        return np.empty((0, 2))
+    front = front[np.argsort(front[:, 0], kind="stable")]  # along x
+    if _signs(maximize, 2)[0] < 0:  # x maximised: the corner keeps the smaller x and the next point's y
+        corners = np.column_stack([front[:-1, 0], front[1:, 1]])
+    else:  # x minimised: the corner keeps the larger x and this point's y
+        corners = np.column_stack([front[1:, 0], front[:-1, 1]])
+    out = np.empty((2 * front.shape[0] - 1, 2))
+    out[0::2], out[1::2] = front, corners
+    return out
+
+
 def _as_reference(reference: object, n_obj: int, maximize: Maximize) -> np.ndarray:
     """Return the reference point as a finite (M,) minimisation array or raise ValueError."""
     ref = np.asarray(reference, dtype=float)

@@ -12,7 +12,7 @@ Layout (every section but ``train`` and ``space`` optional)::
     scaling: {num_workers: 2, use_gpu: false, cpus_per_worker: 0.5, gpus_per_worker: 0,
               placement_strategy: PACK}   # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (a trial's workers)
     search: {sampler: tpe, seed: 0, num_samples: 8, max_concurrent: 0, enqueue_defaults: true,
-             sampler_options: {}}
+             sampler_options: {}, masking_threshold: 0.1}
     space:                                # dotted TrainConfig key -> range
       arat.gamma: {low: 1, high: 300, log: true}
       attack.steps: {low: 3, high: 10, type: int}
@@ -112,6 +112,9 @@ class Search:
     max_concurrent: int = 0  # 0 = as many trials as the cluster's resources fit
     enqueue_defaults: bool = True
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # A finished trial whose masking_gap (PGD minus the objective's robust accuracy, on the same images) exceeds
+    # this is tagged gradient_masking_suspect: PGD's gradients mislead on it.
+    masking_threshold: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -380,8 +383,8 @@ def _scaling(data: dict[str, Any], cfg: TrainConfig) -> Scaling:
 
 
 def _search(data: dict[str, Any]) -> Search:
-    _check_keys(data, ("sampler", "seed", "num_samples", "max_concurrent", "enqueue_defaults", "sampler_options"),
-                "search")
+    _check_keys(data, ("sampler", "seed", "num_samples", "max_concurrent", "enqueue_defaults", "sampler_options",
+                       "masking_threshold"), "search")
     sampler = data.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise SpecError("search.sampler", f"allowed: {', '.join(SAMPLERS)}; got {sampler!r}")
@@ -394,8 +397,11 @@ def _search(data: dict[str, Any]) -> Search:
         raise SpecError("search.max_concurrent", f"must be >= 0 (0 = what the cluster fits), got {max_concurrent}")
     enqueue = _bool(data.get("enqueue_defaults", True), "search.enqueue_defaults")
     options = _mapping(data.get("sampler_options"), "search.sampler_options")
+    masking = float(_number(data.get("masking_threshold", 0.1), "search.masking_threshold"))
+    if not 0 <= masking <= 1:
+        raise SpecError("search.masking_threshold", f"must be in [0, 1] (an accuracy difference), got {masking}")
     return Search(sampler=sampler, seed=seed, num_samples=num_samples, max_concurrent=max_concurrent,
-                  enqueue_defaults=enqueue, sampler_options=options)
+                  enqueue_defaults=enqueue, sampler_options=options, masking_threshold=masking)
 
 
 def _failure(data: dict[str, Any]) -> Failure:

@@ -50,6 +50,7 @@ from .names import (
     FAILURE_TAG,
     FINISH_ORDER_TAG,
     FROM_MLFLOW,
+    MASKING_TAG,
     MAXIMIZE,
     MODEL_ERROR_TAG,
     MODEL_URI_TAG,
@@ -125,6 +126,7 @@ class _Trial:
     params: dict[str, str] = field(default_factory=dict)
     clean_acc: float = math.nan
     robust_acc: float = math.nan
+    masking_gap: float = math.nan
     finish_order: int | None = None
     last_step: int | None = None
     last_logged: dict[str, float] = field(default_factory=dict)  # metrics logged at last_step
@@ -151,6 +153,7 @@ class StudyTracker:
         seed: int,
         code_version: str,
         reference_point: Sequence[float] = (0.0, 0.0),
+        masking_threshold: float | None = None,
     ) -> None:
         if not study_name:
             raise ValueError("study_name must not be empty")
@@ -164,6 +167,7 @@ class StudyTracker:
         self.seed = seed
         self.code_version = code_version
         self.reference_point = (float(reference_point[0]), float(reference_point[1]))
+        self.masking_threshold = masking_threshold
         self.experiment_id = ""
         self.parent_run_id = ""
         self._trials: dict[str, _Trial] = {}
@@ -274,8 +278,9 @@ class StudyTracker:
             self._trials[trial_id] = _Trial(
                 run_id=run.info.run_id, status=run.info.status, params=dict(run.data.params),
                 clean_acc=metrics.get("clean_acc", math.nan), robust_acc=metrics.get("robust_acc", math.nan),
+                masking_gap=metrics.get("masking_gap", math.nan),
                 finish_order=int(order) if order is not None else None,
-                tags={k: tags[k] for k in (PARETO_TAG, RANK_TAG) if k in tags},
+                tags={k: tags[k] for k in (PARETO_TAG, RANK_TAG, MASKING_TAG) if k in tags},
                 model_uri=tags.get(MODEL_URI_TAG, ""), has_failure_tag=FAILURE_TAG in tags,
             )
         log.info("study %r: reusing parent run %s with %d trial run(s)", self.study_name, self.parent_run_id,
@@ -329,6 +334,7 @@ class StudyTracker:
         on_front = self.needs_checkpoint(final)
         trial.clean_acc = values.get("clean_acc", math.nan)
         trial.robust_acc = values.get("robust_acc", math.nan)
+        trial.masking_gap = values.get("masking_gap", math.nan)
         if math.isnan(trial.clean_acc) or math.isnan(trial.robust_acc):
             log.warning("trial %s finished without finite clean_acc and robust_acc; it cannot be on the front",
                         trial_id)
@@ -386,12 +392,14 @@ class StudyTracker:
     def _records(self) -> list[TrialRecord]:
         return [TrialRecord(trial_id=tid, run_id=t.run_id, status=FROM_MLFLOW[t.status],
                             finish_order=t.finish_order if t.finish_order is not None else math.nan,
-                            clean_acc=t.clean_acc, robust_acc=t.robust_acc, model_uri=t.model_uri, params=t.params)
+                            clean_acc=t.clean_acc, robust_acc=t.robust_acc, model_uri=t.model_uri, params=t.params,
+                            masking_gap=t.masking_gap)
                 for tid, t in self._trials.items()]
 
     def _publish(self, new_finished: bool) -> None:
         """Re-tag changed children, log the parent's front metrics and rewrite the report artifacts."""
-        data = build_front(self._records(), self.reference_point, title=f"Study {self.study_name}")
+        data = build_front(self._records(), self.reference_point, title=f"Study {self.study_name}",
+                           masking_threshold=self.masking_threshold)
         for row in data.trials.itertuples():
             if row.status == Status.RUNNING:
                 continue  # tagged when it ends
@@ -399,6 +407,8 @@ class StudyTracker:
             want = {PARETO_TAG: "true" if row.pareto else "false"}
             if row.status == Status.FINISHED:
                 want[RANK_TAG] = str(int(row.pareto_rank))
+                if math.isfinite(row.masking_gap):
+                    want[MASKING_TAG] = "true" if row.masking_suspect else "false"
             changed = {k: v for k, v in want.items() if trial.tags.get(k) != v}
             if changed:
                 self._log_tags(trial.run_id, changed)

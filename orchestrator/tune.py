@@ -95,8 +95,9 @@ def make_callbacks(study: Study) -> list[Any]:
     tracker = StudyTracker(
         study.tracking_uri, study.name, space_yaml=yaml.safe_dump(spec, sort_keys=False),
         params={k: v for k, v in flatten(spec).items() if k != "description"},
-        sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version())
-    return [TrialsTableCallback(study.path), MLflowTuneCallback(tracker)]
+        sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version(),
+        masking_threshold=study.spec.search.masking_threshold)
+    return [TrialsTableCallback(study.path, study.spec.search.masking_threshold), MLflowTuneCallback(tracker)]
 
 
 def build_tuner(study: Study, concurrency: int) -> Any:

@@ -50,6 +50,7 @@ def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord
         clean_acc=last.get(OBJECTIVES[0], float("nan")), robust_acc=last.get(OBJECTIVES[1], float("nan")),
         params=dict(trial.config or {}), checkpoint_path=str(last.get("checkpoint_path") or ""),
         error=one_line_reason(error_text(trial)) if status == Status.FAILED else "",
+        masking_gap=last.get("masking_gap", float("nan")),
         metrics={k: v for k, v in last.items() if k not in _NOT_METRICS and k not in OBJECTIVES},
     )
 
@@ -57,13 +58,14 @@ def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord
 class TrialsTableCallback(Callback):
     """Keep ``<study_dir>/trials.parquet`` current: rewritten when a trial ends and when the study ends."""
 
-    def __init__(self, study_dir: str) -> None:
+    def __init__(self, study_dir: str, masking_threshold: float | None = None) -> None:
         self.study_dir = study_dir
+        self.masking_threshold = masking_threshold
 
     def write(self, trials: Sequence[Trial], ended: Mapping[str, Status] | None = None) -> str:
         """Write the table of ``trials``; ``ended`` gives the status of trials whose end Tune is recording."""
         ended = ended or {}
-        frame = trials_table([record_from_trial(t, ended.get(t.trial_id)) for t in trials])
+        frame = trials_table([record_from_trial(t, ended.get(t.trial_id)) for t in trials], self.masking_threshold)
         return write_trials_table(frame, self.study_dir)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
