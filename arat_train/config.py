@@ -109,7 +109,7 @@ class AttackConfig:
 @dataclass(frozen=True)
 class ARATConfig:
     gamma: float = 30.0  # invariance weight
-    predictor_ratio: float = 0.25  # predictor width r; 0 = no predictor
+    predictor_ratio: float = 0.25  # predictor width r: max(1, int(r * d)) hidden units; 0 = no predictor
     balance_samples: int = 1024  # training images on which the balance weight a is measured
 
     def __post_init__(self) -> None:

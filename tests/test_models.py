@@ -105,8 +105,12 @@ def test_unknown_aligned_layer_names_the_field() -> None:
         build_model("small_cnn", 10, in_channels=1, aligned_layers=["conv9"])
 
 
-@pytest.mark.parametrize("ratio,dim,hidden", [(0.25, 512, 128), (0.3, 10, 3), (1.0, 64, 64), (0.01, 10, 1)])
-def test_predictor_width_is_round_r_times_d(ratio: float, dim: int, hidden: int) -> None:
+@pytest.mark.parametrize("ratio,dim,hidden", [
+    (0.25, 512, 128), (0.3, 10, 3), (1.0, 64, 64),
+    (0.3, 9, 2), (0.25, 650, 162), (0.29, 100, 28),  # int(r * d) floors (2.7, 162.5, 28.999...), as the authors' code
+    (0.01, 10, 1), (0.001, 640, 1),  # r * d < 1 with r > 0: one hidden unit, never a zero-width predictor
+])
+def test_predictor_width_is_int_r_times_d_and_at_least_one(ratio: float, dim: int, hidden: int) -> None:
     pred = Predictor(dim, ratio)
     assert pred.hidden == hidden
     assert pred.net[0].weight.shape == (hidden, dim)  # type: ignore[index]
