@@ -139,6 +139,15 @@ class SWAConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """SGD and its learning-rate schedule (:func:`arat_train.train.lr_at`).
+
+    ``schedule``: ``nominal`` multiplies lr by ``lr_decay`` at each milestone (a fraction of the steps) after an
+    optional linear warm-up. ``authors`` reproduces the authors' code (futakw/AR-AT, ``train_ARAT.py``: ``get_lr``
+    and ``CustomLR``), which trains its first epoch at 0.02 (lr / 5 at their lr 0.1) and applies each decay one epoch
+    late: with 100 epochs, 0.02 in epoch 1, 0.1 in epochs 2-76, 0.01 in 77-91, 0.001 in 92-100 (1-based). Other
+    budgets scale the milestones as ``nominal`` does (their code hard-codes epochs 75 and 90).
+    """
+
     epochs: int = 100
     batch_size: int = 128
     lr: float = 0.1
@@ -148,9 +157,12 @@ class OptimConfig:
     milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the total steps where lr is multiplied by lr_decay
     lr_decay: float = 0.1
     warmup_epochs: float = 0.0
+    schedule: Literal["nominal", "authors"] = "nominal"
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.schedule in ("nominal", "authors"), "schedule",
+                 f"allowed: 'nominal', 'authors'; got {self.schedule!r}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
@@ -160,6 +172,9 @@ class OptimConfig:
         _require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
                  f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(self.schedule == "nominal" or self.warmup_epochs == 0, "warmup_epochs",
+                 f"must be 0 with optim.schedule: authors (its first epoch at lr / 5 is the warm-up), "
+                 f"got {self.warmup_epochs}")
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,17 @@ class TrainingDiverged(RuntimeError):
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay."""
+    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay.
+
+    ``cfg.schedule == "authors"``: the first epoch at ``lr / 5``, then the same step decay one epoch late.
+    """
+    late = total_steps / cfg.epochs if cfg.schedule == "authors" else 0.0  # one epoch, in steps
+    if step < late:
+        return cfg.lr / 5
     warmup = cfg.warmup_epochs / cfg.epochs * total_steps
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    passed = sum(step >= m * total_steps for m in cfg.milestones)
+    passed = sum(step - late >= m * total_steps for m in cfg.milestones)
     return cfg.lr * cfg.lr_decay**passed
 
 
