@@ -68,10 +68,11 @@ class ModelConfig:
 class AttackConfig:
     """PGD settings (eps and step in 1/255), for training (``attack``) and evaluation (``eval.attack``).
 
-    ``legacy_inplace_noise`` (off by default; training only) reproduces the authors' code (futakw/AR-AT), which adds
-    the uniform random start to the clean batch in place: PGD's eps-ball is then centred on the noisy image, and
-    the clean-BN branch (and TRADES' clean term) trains on that noisy image too. DESIGN §2 treats this as a bug;
-    switch it on only to compare with the paper's figures.
+    ``legacy_inplace_noise`` (off by default; training only; L-inf only) reproduces the authors' code
+    (futakw/AR-AT, ``attacks.PGD_linf``), which adds the uniform random start to the clean batch in place and never
+    clamps it: the clean-BN branch (and TRADES' clean term) trains on that noisy image, which can lie in
+    [-eps, 1 + eps], and PGD starts there and projects onto the eps-ball around it, then onto [0, 1]. DESIGN §2
+    treats this as a bug; switch it on only to compare with the paper's figures.
     """
 
     eps: float = 8.0  # in 1/255
@@ -88,6 +89,8 @@ class AttackConfig:
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _require(self.step_ratio > 0, "step_ratio", f"must be > 0, got {self.step_ratio}")
         _require(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        _require(not self.legacy_inplace_noise or self.norm == "linf", "legacy_inplace_noise",
+                 "reproduces the authors' L-inf attack only (their L2 attack adds no noise in place); norm is 'l2'")
         if self.step_size is not None:
             _require(self.step_size > 0, "step_size", f"must be > 0 (in 1/255), got {self.step_size}")
             _require(self.step_size <= self.eps, "step_size",

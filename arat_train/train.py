@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks import pgd_attack
+from .attacks import pgd_attack, pgd_linf_from_noisy
 from .config import AttackConfig, OptimConfig, TrainConfig
 from .data import ArrayData, epoch_batches, load_dataset, random_crop_flip, to_float
 from .evaluation import accuracy_counts, eval_mode
@@ -103,18 +103,19 @@ class Objective(nn.Module):
     def adversarial(self, x: Tensor, y: Tensor, attack: AttackConfig) -> tuple[Tensor, Tensor]:
         """The (clean, adversarial) pair of a training batch; the clean one changes only with the legacy switch."""
         kwargs = attack.kwargs()
+        run: Callable[..., Tensor] = partial(pgd_attack, **kwargs)
         if attack.legacy_inplace_noise and attack.random_start:
-            # The authors' code adds the random start to x in place: the ball is centred on the noisy image and
-            # the clean branch sees it too. Reproduced only on request, for comparisons with the paper.
-            x = (x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])).clamp(0.0, 1.0)
-            kwargs["random_start"] = False
+            # The authors' code adds the random start to x in place and never clamps it: the clean branch sees the
+            # noisy image (up to eps outside [0, 1]) and PGD runs around it. Reproduced only on request.
+            x = x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])
+            run = partial(pgd_linf_from_noisy, eps=kwargs["eps"], step_size=kwargs["step_size"], steps=kwargs["steps"])
         if self.method == "trades":
             with eval_mode(self.model):
                 with torch.no_grad():
                     target = self.model(x)
-                x_adv = pgd_attack(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target), **kwargs)
+                x_adv = run(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target))
             return x, x_adv
-        return x, pgd_attack(partial(self.model, bn="adv"), x, y, **kwargs)
+        return x, run(partial(self.model, bn="adv"), x, y)
 
 
 @dataclass
