@@ -225,9 +225,20 @@ def load_data(cfg: TrainConfig, device: torch.device) -> tuple[ArrayData, ArrayD
 
 
 def balance_weight(model: nn.Module, data: ArrayData, n: int, batch_size: int,
-                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> float:
-    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on the first ``n`` training images."""
-    sub = data.subset(torch.arange(min(n, len(data))))
+                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext, *, seed: int = 0,
+                   epoch: int = 0, augment: bool = False) -> float:
+    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on ``n`` random training images.
+
+    As in the authors' code, which reads its first batches of a freshly shuffled, augmented training loader before
+    each epoch: a new sample each epoch, with training's crop and flip when ``augment``. The sample and the
+    augmentation come from their own generator seeded by (``seed``, ``epoch``), so a resumed run measures the same
+    ``a``, every DDP rank measures it on the same images, and the global generators are left alone.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_033 + epoch * 7_919 + 104_729)
+    idx = torch.randperm(len(data), generator=gen)[: min(n, len(data))]
+    sub = data.subset(idx)
+    if augment:
+        sub = ArrayData(random_crop_flip(to_float(sub.x), gen), sub.y, sub.num_classes)
     with eval_mode(model):
         counts = accuracy_counts(partial(model, bn="clean"), sub, None, batch_size=batch_size, autocast=autocast)
     return counts["clean"].item() / max(1, counts["total"].item())
@@ -363,7 +374,8 @@ def _train_epoch(
     device = data.x.device
     a = 0.0
     if cfg.method == "arat":
-        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast)
+        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast,
+                           seed=cfg.seed, epoch=epoch, augment=cfg.data.augment)
     # One host-to-device copy of this epoch's order; the loop below then never waits on the host.
     order = torch.cat(epoch_batches(len(data), cfg.optim.batch_size, epoch, cfg.seed, rank, world)).to(device)
     batches = list(order.split(cfg.optim.batch_size))
