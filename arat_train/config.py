@@ -75,7 +75,7 @@ class DataConfig:
 class ModelConfig:
     name: Literal["small_cnn", "resnet18", "wrn34_10"] = "small_cnn"
     width: int = 32  # small_cnn only
-    aligned_layers: tuple[str, ...] = ()  # empty = the architecture's default (DESIGN §2)
+    aligned_layers: tuple[str, ...] = ()  # empty = the architecture's default (docs/design.md, "The method")
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
@@ -85,10 +85,12 @@ class ModelConfig:
 class AttackConfig:
     """PGD settings (eps and step in 1/255), for training (``attack``) and evaluation (``eval.attack``).
 
-    ``legacy_inplace_noise`` (off by default; training only) reproduces the authors' code (futakw/AR-AT), which adds
-    the uniform random start to the clean batch in place: PGD's eps-ball is then centred on the noisy image, and
-    the clean-BN branch (and TRADES' clean term) trains on that noisy image too. DESIGN §2 treats this as a bug;
-    switch it on only to compare with the paper's figures.
+    ``legacy_inplace_noise`` (off by default; training only; L-inf only) reproduces the authors' code
+    (futakw/AR-AT, ``attacks.PGD_linf``), which adds the uniform random start to the clean batch in place and never
+    clamps it: the clean-BN branch (and TRADES' clean term) trains on that noisy image, which can lie in
+    [-eps, 1 + eps], and PGD starts there and projects onto the eps-ball around it, then onto [0, 1]. Here the
+    ball is centred on the clean image (README, "Differences from the authors' code"); switch it on only to
+    compare with the paper's figures.
     """
 
     eps: float = 8.0  # in 1/255
@@ -105,6 +107,8 @@ class AttackConfig:
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _require(self.step_ratio > 0, "step_ratio", f"must be > 0, got {self.step_ratio}")
         _require(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        _require(not self.legacy_inplace_noise or self.norm == "linf", "legacy_inplace_noise",
+                 "reproduces the authors' L-inf attack only (their L2 attack adds no noise in place); norm is 'l2'")
         if self.step_size is not None:
             _require(self.step_size > 0, "step_size", f"must be > 0 (in 1/255), got {self.step_size}")
             _require(self.step_size <= self.eps, "step_size",
@@ -126,7 +130,7 @@ class AttackConfig:
 @dataclass(frozen=True)
 class ARATConfig:
     gamma: float = 30.0  # invariance weight
-    predictor_ratio: float = 0.25  # predictor width r; 0 = no predictor
+    predictor_ratio: float = 0.25  # predictor width r: max(1, int(r * d)) hidden units; 0 = no predictor
     balance_samples: int = 1024  # training images on which the balance weight a is measured
 
     def __post_init__(self) -> None:
@@ -156,6 +160,15 @@ class SWAConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """SGD and its learning-rate schedule (:func:`arat_train.train.lr_at`).
+
+    ``schedule``: ``nominal`` multiplies lr by ``lr_decay`` at each milestone (a fraction of the steps) after an
+    optional linear warm-up. ``authors`` reproduces the authors' code (futakw/AR-AT, ``train_ARAT.py``: ``get_lr``
+    and ``CustomLR``), which trains its first epoch at 0.02 (lr / 5 at their lr 0.1) and applies each decay one epoch
+    late: with 100 epochs, 0.02 in epoch 1, 0.1 in epochs 2-76, 0.01 in 77-91, 0.001 in 92-100 (1-based). Other
+    budgets scale the milestones as ``nominal`` does (their code hard-codes epochs 75 and 90).
+    """
+
     epochs: int = 100
     batch_size: int = 128
     lr: float = 0.1
@@ -165,9 +178,12 @@ class OptimConfig:
     milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the total steps where lr is multiplied by lr_decay
     lr_decay: float = 0.1
     warmup_epochs: float = 0.0
+    schedule: Literal["nominal", "authors"] = "nominal"
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.schedule in ("nominal", "authors"), "schedule",
+                 f"allowed: 'nominal', 'authors'; got {self.schedule!r}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
@@ -177,6 +193,9 @@ class OptimConfig:
         _require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
                  f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(self.schedule == "nominal" or self.warmup_epochs == 0, "warmup_epochs",
+                 f"must be 0 with optim.schedule: authors (its first epoch at lr / 5 is the warm-up), "
+                 f"got {self.warmup_epochs}")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .accuracy import accuracy_counts, eval_mode
-from .attacks import pgd_attack
+from .attacks import pgd_attack, pgd_linf_from_noisy
 from .checkpoint import CHECKPOINT_NAME, Metrics, RunState, load_checkpoint, save_checkpoint, set_rng_state
 from .config import AttackConfig, OptimConfig, TrainConfig
 from .data import ArrayData, epoch_batches, load_split, random_crop_flip, shard, to_float
@@ -44,11 +44,17 @@ class TrainingDiverged(RuntimeError):
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay."""
+    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay.
+
+    ``cfg.schedule == "authors"``: the first epoch at ``lr / 5``, then the same step decay one epoch late.
+    """
+    late = total_steps / cfg.epochs if cfg.schedule == "authors" else 0.0  # one epoch, in steps
+    if step < late:
+        return cfg.lr / 5
     warmup = cfg.warmup_epochs / cfg.epochs * total_steps
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    passed = sum(step >= m * total_steps for m in cfg.milestones)
+    passed = sum(step - late >= m * total_steps for m in cfg.milestones)
     return cfg.lr * cfg.lr_decay**passed
 
 
@@ -96,18 +102,19 @@ class Objective(nn.Module):
     def adversarial(self, x: Tensor, y: Tensor, attack: AttackConfig) -> tuple[Tensor, Tensor]:
         """The (clean, adversarial) pair of a training batch; the clean one changes only with the legacy switch."""
         kwargs = attack.kwargs()
+        run: Callable[..., Tensor] = partial(pgd_attack, **kwargs)
         if attack.legacy_inplace_noise and attack.random_start:
-            # The authors' code adds the random start to x in place: the ball is centred on the noisy image and
-            # the clean branch sees it too. Reproduced only on request, for comparisons with the paper.
-            x = (x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])).clamp(0.0, 1.0)
-            kwargs["random_start"] = False
+            # The authors' code adds the random start to x in place and never clamps it: the clean branch sees the
+            # noisy image (up to eps outside [0, 1]) and PGD runs around it. Reproduced only on request.
+            x = x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])
+            run = partial(pgd_linf_from_noisy, eps=kwargs["eps"], step_size=kwargs["step_size"], steps=kwargs["steps"])
         if self.method == "trades":
             with eval_mode(self.model):
                 with torch.no_grad():
                     target = self.model(x)
-                x_adv = pgd_attack(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target), **kwargs)
+                x_adv = run(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target))
             return x, x_adv
-        return x, pgd_attack(partial(self.model, bn="adv"), x, y, **kwargs)
+        return x, run(partial(self.model, bn="adv"), x, y)
 
 
 def _autocast(device: torch.device, cfg: TrainConfig) -> Callable[[], AbstractContextManager[Any]]:
@@ -154,9 +161,20 @@ def load_data(cfg: TrainConfig, device: torch.device) -> tuple[ArrayData, ArrayD
 
 
 def balance_weight(model: nn.Module, data: ArrayData, n: int, batch_size: int,
-                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> float:
-    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on the first ``n`` training images."""
-    sub = data.subset(torch.arange(min(n, len(data))))
+                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext, *, seed: int = 0,
+                   epoch: int = 0, augment: bool = False) -> float:
+    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on ``n`` random training images.
+
+    As in the authors' code, which reads its first batches of a freshly shuffled, augmented training loader before
+    each epoch: a new sample each epoch, with training's crop and flip when ``augment``. The sample and the
+    augmentation come from their own generator seeded by (``seed``, ``epoch``), so a resumed run measures the same
+    ``a``, every DDP rank measures it on the same images, and the global generators are left alone.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_033 + epoch * 7_919 + 104_729)
+    idx = torch.randperm(len(data), generator=gen)[: min(n, len(data))]
+    sub = data.subset(idx)
+    if augment:
+        sub = ArrayData(random_crop_flip(to_float(sub.x), gen), sub.y, sub.num_classes)
     with eval_mode(model):
         counts = accuracy_counts(partial(model, bn="clean"), sub, None, batch_size=batch_size, autocast=autocast)
     return counts["clean"].item() / max(1, counts["total"].item())
@@ -360,7 +378,8 @@ def _train_epoch(
     device = data.x.device
     a = 0.0
     if cfg.method == "arat":
-        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast)
+        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast,
+                           seed=cfg.seed, epoch=epoch, augment=cfg.data.augment)
     # One host-to-device copy of this epoch's order; the loop below then never waits on the host.
     order = torch.cat(epoch_batches(len(data), cfg.optim.batch_size, epoch, cfg.seed, rank, world)).to(device)
     batches = list(order.split(cfg.optim.batch_size))

@@ -16,7 +16,7 @@ Layout (every section but ``train`` and ``space`` optional)::
     space:                                # dotted TrainConfig key -> range
       arat.gamma: {low: 1, high: 300, log: true}
       attack.steps: {low: 3, high: 10, type: int}
-      arat.predictor_ratio: {choices: [0, 0.25, 0.5, 1.0]}
+      arat.predictor_ratio: {choices: [0, 0.25, 0.5, 1.0]}  # width max(1, int(r * d)); 0 = none
     failure: {max_failures: 1, train_max_failures: 2}
     debug: {fail_trials: []}              # test hook: 0-based trial indices that fail after their first epoch
 """
