@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
         else:
             tuner = build_tuner(storage, name, events, pause=float(os.environ.get("MOASHA_PAUSE", "0")))[0]
         grid = tuner.fit()
-        print("STATUSES " + json.dumps({r.metrics.get("trial_id"): r.metrics.get("epoch") for r in grid}))
+        print(grid.get_dataframe()[["trial_id", "config/curve", "epoch"]].to_string(index=False))
     finally:
         ray.shutdown()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -139,8 +140,8 @@ def test_state_round_trip_through_file_and_callback(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- BudgetOptunaSearch
 
 
-def _searcher(**kwargs: object) -> BudgetOptunaSearch:
-    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+def _searcher(**kwargs: Any) -> BudgetOptunaSearch:
+    space: dict[str, optuna.distributions.BaseDistribution] = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
     return BudgetOptunaSearch(space=space, metric=["clean_acc", "robust_acc"], mode=["max", "max"], max_t=3,
                               sampler=optuna.samplers.RandomSampler(seed=0), **kwargs)
 
@@ -189,3 +190,74 @@ def test_searcher_tells_pruned_complete_and_fail(tmp_path: Path) -> None:
 def test_searcher_rejects_a_bad_budget() -> None:
     with pytest.raises(ValueError, match="max_t"):
         BudgetOptunaSearch(max_t=0)
+
+
+# ---------------------------------------------------------------- what Optuna's samplers make of PRUNED trials
+
+
+def _study(sampler: optuna.samplers.BaseSampler, complete: int, pruned: int) -> optuna.Study:
+    """``complete`` trials at x in [0, 0.5] on a front of (x, 1 - x), then ``pruned`` PRUNED trials at x = 0.9."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+    space: dict[str, optuna.distributions.BaseDistribution] = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    for i in range(complete):
+        x = 0.5 * i / max(1, complete - 1)
+        study.enqueue_trial({"x": x})
+        study.tell(study.ask(space), [x, 1 - x])
+    for _ in range(pruned):
+        study.enqueue_trial({"x": 0.9})
+        study.tell(study.ask(space), state=optuna.trial.TrialState.PRUNED)
+    return study
+
+
+def _probe(study: optuna.Study, n: int) -> list[float]:
+    """The next ``n`` points the sampler proposes; told FAIL, which every sampler ignores, so the study stays put."""
+    space: dict[str, optuna.distributions.BaseDistribution] = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    xs = []
+    for _ in range(n):
+        trial = study.ask(space)
+        xs.append(trial.params["x"])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return xs
+
+
+def test_tpe_counts_pruned_trials_and_samples_away_from_them() -> None:
+    def tpe() -> optuna.samplers.TPESampler:
+        return optuna.samplers.TPESampler(multivariate=True, n_startup_trials=5, seed=0)
+
+    near = [x for x in _probe(_study(tpe(), complete=10, pruned=0), 100) if x > 0.8]
+    avoided = [x for x in _probe(_study(tpe(), complete=10, pruned=30), 100) if x > 0.8]
+    assert len(near) > 50 and avoided == []  # PRUNED trials sit in TPE's "bad" group
+    # PRUNED trials count for n_startup_trials = 5: with four TPE still draws what its seeded random sampler draws,
+    # with five alone it no longer does.
+    def random() -> optuna.samplers.RandomSampler:
+        return optuna.samplers.RandomSampler(seed=0)
+
+    assert _probe(_study(tpe(), complete=0, pruned=4), 10) == _probe(_study(random(), complete=0, pruned=4), 10)
+    assert _probe(_study(tpe(), complete=0, pruned=5), 10) != _probe(_study(random(), complete=0, pruned=5), 10)
+
+
+def test_nsga2_fills_each_generation_with_complete_trials_only() -> None:
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                sampler=optuna.samplers.NSGAIISampler(population_size=4, seed=0))
+    space: dict[str, optuna.distributions.BaseDistribution] = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    for _ in range(40):
+        trial = study.ask(space)
+        x = trial.params["x"]
+        if x > 0.5:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [x, 1 - x])
+    generation: dict[int, list[str]] = {}
+    for t in study.trials:
+        generation.setdefault(t.system_attrs["NSGAIISampler:generation"], []).append(t.state.name)
+    last = max(generation)
+    assert all(states.count("COMPLETE") == 4 for g, states in generation.items() if g < last)
+    assert any(len(states) > 4 for states in generation.values())  # PRUNED ones did not fill a generation
+
+
+def test_gp_ignores_pruned_trials() -> None:
+    def gp() -> optuna.samplers.GPSampler:
+        return optuna.samplers.GPSampler(n_startup_trials=5, seed=0)
+
+    assert _probe(_study(gp(), complete=8, pruned=0), 3) == _probe(_study(gp(), complete=8, pruned=20), 3)
