@@ -47,7 +47,7 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class RungCount:
-    """One rung: its level (in ``time_attr`` units), the trials recorded there and how many of them it stopped."""
+    """One rung: its level (in ``time_attr`` units), the trials recorded there and how many it stopped there."""
 
     level: float
     recorded: int
@@ -130,8 +130,8 @@ class MOASHA(FIFOScheduler):
         return dict(self._stopped)
 
     def stats(self) -> MOASHAStats:
-        rungs = tuple(RungCount(lv, len(rec), sum(tid in self._stopped for tid in rec))
-                      for lv, rec in self._rungs.items())
+        at = [max(lv for lv in self._levels if lv <= t) for t in self._stopped.values()]  # the rung of each stop
+        rungs = tuple(RungCount(lv, len(rec), at.count(lv)) for lv, rec in self._rungs.items())
         saved = sum(self._max_t - t for t in self._stopped.values())
         return MOASHAStats(len(self._stopped), saved, rungs)
 

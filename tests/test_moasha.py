@@ -71,7 +71,7 @@ def test_rung_decisions_and_counters() -> None:
     assert s.stopped_trials == {"c": 1.0, "d": 2.0}
     stats = s.stats()
     assert (stats.stopped, stats.epochs_saved) == (2, 3 + 2)
-    assert [(r.level, r.recorded, r.stopped) for r in stats.rungs] == [(1, 4, 2), (2, 3, 1)]
+    assert [(r.level, r.recorded, r.stopped) for r in stats.rungs] == [(1, 4, 1), (2, 3, 1)]
     assert "2 trials stopped, 5 trial-epochs saved" in s.debug_string()
     # A stopped trial that reports again is stopped again; nothing is counted twice.
     assert s.decide("c", _result(2, 1.0, 1.0)) == STOP
@@ -87,6 +87,7 @@ def test_late_and_repeated_results() -> None:
     assert s.decide("late", _result(5, 0.1, 0.1)) == STOP
     assert "late" in s.recorded(4) and "late" not in s.recorded(1) and "late" not in s.recorded(2)
     assert s.stopped_trials == {"late": 5.0}
+    assert [r.stopped for r in s.stats().rungs] == [0, 0, 1, 0]
     # A trial recorded at rung 4 restarted from an earlier checkpoint: its rung-1 and rung-2 results again continue
     # without being recorded anew, whatever they are.
     assert s.decide("a", _result(1, 0.0, 0.0)) == CONTINUE

@@ -91,6 +91,7 @@ def test_moasha_study_stops_at_rungs_and_tells_optuna(local_ray: None, tmp_path:
     assert ids["t3"] not in scheduler.stopped_trials and ids["t5"] not in scheduler.stopped_trials
     stats = scheduler.stats()
     assert stats.stopped == 3 and stats.epochs_saved == (4 - 1) + (4 - 2) + (4 - 1)
+    assert [(r.level, r.recorded, r.stopped) for r in stats.rungs] == [(1, 7, 2), (2, 5, 1)]
     assert scheduler.recorded(1) == {ids[c]: CURVES[c][0] for c in CURVES}
     assert scheduler.recorded(2) == {ids[c]: CURVES[c][1] for c in CURVES if STOPPED.get(c, MAX_T) >= 2}
 
