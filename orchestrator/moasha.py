@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from .names import OBJECTIVES
 from .pareto import rung_continues
-from .space import OBJECTIVES
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
