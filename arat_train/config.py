@@ -223,6 +223,24 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """Annealed probes: after each epoch in ``epochs`` (1-based), a copy of the run trains ``fraction`` of an epoch
+    at the first decayed learning rate (``optim.lr * optim.lr_decay``), is evaluated like every epoch
+    (``probe_clean_acc``, ``probe_robust_acc``), and is thrown away; the run itself continues unchanged.
+
+    Before its first decay a step schedule's accuracies predict the final ones poorly; a probe shows what the
+    model would be worth annealed now, for early stopping to rank on (docs/design.md, "Early stopping").
+    """
+
+    epochs: tuple[int, ...] = ()
+    fraction: float = 0.25  # of an epoch's optimiser steps, at least one step
+
+    def __post_init__(self) -> None:
+        _require(all(e >= 1 for e in self.epochs), "epochs", f"must be epochs >= 1, got {list(self.epochs)}")
+        _require(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
+
+
+@dataclass(frozen=True)
 class PerfConfig:
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
@@ -249,6 +267,7 @@ class TrainConfig:
     swa: SWAConfig = field(default_factory=SWAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
     def __post_init__(self) -> None:

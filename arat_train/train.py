@@ -7,6 +7,7 @@ metrics every rank hands over are the global ones.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -26,7 +27,15 @@ from torch import Tensor, nn
 
 from .accuracy import accuracy_counts, eval_mode
 from .attacks import pgd_attack, pgd_linf_from_noisy
-from .checkpoint import CHECKPOINT_NAME, Metrics, RunState, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    Metrics,
+    RunState,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import AttackConfig, OptimConfig, TrainConfig
 from .data import ArrayData, epoch_batches, load_split, random_crop_flip, shard, to_float
 from .losses import Predictors, arat_loss, trades_kl, trades_loss
@@ -333,11 +342,48 @@ def run_epoch(run: Run, epoch: int, progress: Callable[[Iterable[Tensor]], Itera
     metrics.update(evaluate_model(model, run.val_data, cfg, run.autocast))
     if epoch == cfg.optim.epochs - 1 and cfg.eval.final_attack == "apgd":
         metrics.update(final_objective(model, run.val_data, cfg))
+    if epoch + 1 in cfg.probe.epochs:
+        metrics.update(annealed_probe(run, epoch, metrics.get("balance_a", 0.0)))
     if run.swa is not None and epoch == cfg.optim.epochs - 1 and run.swa.n > 0:
         metrics.update(_swa_metrics(model, run.swa, run.train_data, run.val_data, cfg, run.autocast))
     run.state.epoch, metrics["epoch"] = epoch + 1, float(epoch + 1)
     run.state.history.append(metrics)
     return metrics
+
+
+def annealed_probe(run: Run, epoch: int, a: float) -> Metrics:
+    """``probe_clean_acc`` and ``probe_robust_acc`` of the run annealed now (:class:`~arat_train.config.ProbeConfig`).
+
+    The modules, optimiser and every RNG are saved first and restored after, so the run continues exactly as
+    without the probe; under DDP every rank probes its own shard in step (the steps go through DDP).
+    """
+    cfg = run.cfg
+    rank, world = dist_info()
+    device = run.train_data.x.device
+    saved = (copy.deepcopy(run.objective.state_dict()), copy.deepcopy(run.optimizer.state_dict()), rng_state())
+    try:
+        batches = epoch_batches(len(run.train_data), cfg.optim.batch_size, epoch + _PROBE_EPOCH, cfg.seed, rank, world)
+        steps = max(1, round(cfg.probe.fraction * len(batches)))
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 7_919 + (epoch + _PROBE_EPOCH) * 31 + rank)
+        lr = cfg.optim.lr * cfg.optim.lr_decay
+        run.objective.train()
+        for batch in batches[:steps]:
+            x, y = batch_inputs(run.train_data, batch.to(device), augment=cfg.data.augment, generator=gen,
+                                channels_last=_channels_last(cfg, device))
+            train_step(run.objective, run.step_module, run.optimizer, x, y, cfg.attack, a, lr, run.autocast)
+        if world > 1:
+            for buf in run.objective.buffers():
+                dist.broadcast(buf, src=0)
+        probed = evaluate_model(run.objective.model, run.val_data, cfg, run.autocast)
+    finally:
+        run.objective.load_state_dict(saved[0])
+        run.optimizer.load_state_dict(saved[1])
+        set_rng_state(saved[2])
+    return {"probe_clean_acc": probed["clean_acc"], "probe_robust_acc": probed["robust_acc_pgd"],
+            "probe_steps": float(steps)}
+
+
+_PROBE_EPOCH = 1_000_003  # probes draw their batches and crops from epochs no training epoch uses
 
 
 def batch_inputs(data: ArrayData, batch: Tensor, *, augment: bool, generator: torch.Generator,

@@ -192,3 +192,21 @@ def test_legacy_inplace_noise_is_refused_for_l2() -> None:
     with pytest.raises(ConfigError) as info:
         TrainConfig.from_dict({"attack": {"norm": "l2", "legacy_inplace_noise": True}})
     assert info.value.field == "attack.legacy_inplace_noise"
+
+
+def test_annealed_probe_leaves_the_run_as_it_was() -> None:
+    """A probe after epoch 1 reports the annealed copy's figures and is thrown away: the run's own numbers are
+    those of the same run without it, to the last bit."""
+    plain: list[dict[str, float]] = []
+    train(TrainConfig.from_dict(SMALL), callback=lambda m, _p: plain.append(m))
+    probed: list[dict[str, float]] = []
+    cfg = TrainConfig.from_dict({**SMALL, "probe": {"epochs": [1], "fraction": 0.5}})
+    train(cfg, callback=lambda m, _p: probed.append(m))
+    keys = ("loss", "clean_acc", "robust_acc", "balance_a")
+    assert [[m[k] for k in keys] for m in probed] == [[m[k] for k in keys] for m in plain]
+    assert {"probe_clean_acc", "probe_robust_acc"} <= set(probed[0]) and "probe_clean_acc" not in probed[1]
+    assert probed[0]["probe_steps"] == 2  # half of the 4 steps of an epoch of 256 images at batch 64
+    assert (probed[0]["probe_clean_acc"], probed[0]["probe_robust_acc"]) != (plain[0]["clean_acc"],
+                                                                             plain[0]["robust_acc"])
+    with pytest.raises(ConfigError, match=r"probe.fraction: must be in \(0, 1\]"):
+        TrainConfig.from_dict({"probe": {"fraction": 0}})
