@@ -201,3 +201,17 @@ def format_table(frame: pd.DataFrame, searched: Sequence[str] = ()) -> str:
     counts = frame["status"].value_counts().to_dict()
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     return "\n".join([f"Trials ({summary}):", table, f"Pareto front ({len(lines)} of {len(frame)}):", *lines])
+
+
+def epochs_summary(frame: pd.DataFrame) -> str:
+    """What early stopping saved: the trials stopped, and the trial-epochs trained against their full budgets."""
+    budget_col = f"{CONFIG_PREFIX}optim.epochs"
+    if frame.empty or budget_col not in frame or "epoch" not in frame:
+        return ""
+    started = frame[frame["status"] != Status.PENDING]
+    budget = pd.to_numeric(started[budget_col], errors="coerce").fillna(0)
+    trained = pd.to_numeric(started["epoch"], errors="coerce").fillna(0)
+    stopped = started["status"] == Status.STOPPED
+    saved = float((budget - trained)[stopped].sum())
+    return (f"early stopping: {int(stopped.sum())} of {len(started)} trials stopped at a rung; "
+            f"{trained.sum():g} trial-epochs trained of {budget.sum():g} full budgets ({saved:g} saved)")

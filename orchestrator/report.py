@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .names import CONFIG_PREFIX, MAXIMIZE, OBJECTIVES
+from .names import CONFIG_PREFIX, MAXIMIZE, OBJECTIVES, Status
 from .pareto import hypervolume_history, nondominated_ranks, pareto_mask, staircase
 from .records import TrialRecord, finished, trials_table
 
@@ -52,6 +52,12 @@ class FrontData:
         """The non-dominated finished trials, best clean accuracy first."""
         front = self.finished[self.finished["pareto"]]
         return front.sort_values(["clean_acc", "robust_acc"], ascending=False, kind="stable")
+
+    @property
+    def stopped(self) -> pd.DataFrame:
+        """Trials the scheduler stopped early, at their last (not final) figures: drawn apart, never on the front."""
+        stopped = self.trials[self.trials["status"] == Status.STOPPED]
+        return stopped.dropna(subset=list(OBJECTIVES))
 
     @property
     def param_columns(self) -> list[str]:
@@ -102,6 +108,10 @@ def plot_front(data: FrontData, path: str | Path) -> None:
     ax.plot(steps[:, 0], steps[:, 1], "-", color=FRONT_COLOR, lw=1.5, zorder=1)
     ax.scatter(dominated["clean_acc"], dominated["robust_acc"], s=30, c=DOMINATED_COLOR, label="dominated", zorder=2)
     ax.scatter(front["clean_acc"], front["robust_acc"], s=45, c=FRONT_COLOR, label="Pareto front", zorder=3)
+    stopped = data.stopped
+    if len(stopped):
+        ax.scatter(stopped["clean_acc"], stopped["robust_acc"], s=30, facecolors="none", edgecolors=DOMINATED_COLOR,
+                   label="stopped early (last rung's figures)", zorder=2)
     suspects = fin[fin["masking_suspect"]]
     if len(suspects):
         ax.scatter(suspects["clean_acc"], suspects["robust_acc"], s=160, facecolors="none", edgecolors=SUSPECT_COLOR,
@@ -147,7 +157,8 @@ h1 { font-size: 18px; margin: 0 0 4px; } p.sub { margin: 0 0 8px; color: #555; f
 svg { background: #fff; border: 1px solid #ddd; }
 circle { cursor: pointer; stroke: #fff; stroke-width: 1; }
 circle.front { fill: #d62728; } circle.dominated { fill: #9e9e9e; } circle.verified { fill: #1f77b4; }
-circle.search { fill: #fff; stroke: #d62728; stroke-width: 1.5; } circle.suspect { stroke: #ff7f0e; stroke-width: 3; }
+circle.search { fill: #fff; stroke: #d62728; stroke-width: 1.5; }
+circle.stopped { fill: #fff; stroke: #9e9e9e; stroke-width: 1.5; } circle.suspect { stroke: #ff7f0e; stroke-width: 3; }
 polyline.front { fill: none; stroke: #d62728; stroke-width: 1.5; }
 polyline.search-front { fill: none; stroke: #d62728; stroke-width: 1.5; stroke-dasharray: 5 4; }
 polyline.verified-front { fill: none; stroke: #1f77b4; stroke-width: 2; }
@@ -186,7 +197,7 @@ _JS = """
     tip.style.left = Math.max(0, x) + 'px'; tip.style.top = Math.max(0, y) + 'px';
   }
   function hide() { tip.style.display = 'none'; }
-  document.querySelectorAll('circle[data-trial-id]').forEach(function (c) {
+  document.querySelectorAll('circle[data-info]').forEach(function (c) {
     c.addEventListener('mouseenter', show); c.addEventListener('mousemove', move);
     c.addEventListener('mouseleave', hide);
   });
@@ -306,7 +317,9 @@ def front_html(data: FrontData) -> str:
     """
     fin = data.finished
     placed = fin.dropna(subset=list(OBJECTIVES))
-    canvas = _Canvas(placed["clean_acc"].to_numpy(dtype=float), placed["robust_acc"].to_numpy(dtype=float))
+    stopped = data.stopped
+    canvas = _Canvas(np.concatenate([placed["clean_acc"], stopped["clean_acc"]]).astype(float),
+                     np.concatenate([placed["robust_acc"], stopped["robust_acc"]]).astype(float))
     parts = canvas.frame("clean accuracy (validation)", "robust accuracy (validation, the study's objective)")
     front = placed[placed["pareto"]]
     parts.append(canvas.polyline(staircase(front[list(OBJECTIVES)].to_numpy(dtype=float)), "front"))
@@ -325,10 +338,18 @@ def front_html(data: FrontData) -> str:
             "data-info": json.dumps(info), "data-params": _params(row, params)}, str(row["trial_id"])))
         if labelled or row["pareto"]:
             parts.append(canvas.label(row["clean_acc"], row["robust_acc"], str(row["trial_id"])))
+    for row in data.stopped.to_dict("records"):
+        info = [["trial", str(row["trial_id"])], ["stopped at epoch", f"{row.get('epoch', float('nan')):g}"],
+                ["clean_acc", f"{row['clean_acc']:.4f}"], ["robust_acc", f"{row['robust_acc']:.4f}"]]
+        parts.append(canvas.circle(row["clean_acc"], row["robust_acc"], "stopped", 5, {
+            "data-stopped-id": str(row["trial_id"]), "data-info": json.dumps(info),
+            "data-params": _params(row, params)}, f"{row['trial_id']} (stopped)"))
     legend = [(FRONT_COLOR, "#fff", "Pareto front"), (DOMINATED_COLOR, "#fff", "dominated")]
+    if len(data.stopped):
+        legend.append(("#fff", DOMINATED_COLOR, "stopped early (last rung's figures)"))
     if placed["masking_suspect"].any():
         legend.append(("#fff", SUSPECT_COLOR, "gradient masking suspect"))
-    if len(placed):
+    if len(placed) or len(stopped):
         parts.append(canvas.legend(legend))
     return _page(data, canvas.svg(parts, "Pareto front"), fin, placed)
 

@@ -50,18 +50,32 @@ log = logging.getLogger(__name__)
 
 
 class BudgetOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that tells PRUNED for trials ending before ``max_t`` and COMPLETE only at ``max_t``.
+    """``OptunaSearch`` that tells PRUNED for trials ending before their budget and COMPLETE only at it.
 
-    Takes ``OptunaSearch``'s arguments plus ``max_t`` (the full budget, the trial's epochs) and ``time_attr``
-    (the result key counting it, default ``epoch``).
+    Takes ``OptunaSearch``'s arguments plus the budget: ``max_t`` (the same for every trial) or ``budget_param``
+    (the config key holding each trial's own budget, e.g. ``optim.epochs``, read from the result's ``config``),
+    and ``time_attr`` (the result key counting it, default ``epoch``).
     """
 
-    def __init__(self, *args: Any, max_t: int, time_attr: str = "epoch", **kwargs: Any) -> None:
-        if isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 1:
+    def __init__(self, *args: Any, max_t: int | None = None, budget_param: str | None = None,
+                 time_attr: str = "epoch", **kwargs: Any) -> None:
+        if (max_t is None) == (budget_param is None):
+            raise ValueError("give exactly one of max_t and budget_param")
+        if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 1):
             raise ValueError(f"max_t must be an integer >= 1 (the trial's epochs), got {max_t!r}")
         self._max_t = max_t
+        self._budget_param = budget_param
         self._time_attr = time_attr
         super().__init__(*args, **kwargs)
+
+    def _budget(self, result: dict[str, Any]) -> float:
+        """The trial's full budget: ``max_t``, or its config's ``budget_param`` (NaN when the result lacks it)."""
+        if self._max_t is not None:
+            return self._max_t
+        config = result.get("config")
+        value = config.get(self._budget_param) if isinstance(config, dict) else result.get(
+            f"config/{self._budget_param}")
+        return _number(value)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
@@ -81,7 +95,7 @@ class BudgetOptunaSearch(OptunaSearch):
         if error:
             return TrialState.FAIL, None
         budget = (result or {}).get(self._time_attr)
-        if budget is None or budget < self._max_t:
+        if budget is None or not budget >= self._budget(result or {}):  # also when the budget is unknown
             if result:
                 ot_trial.set_user_attr(f"stopped_at_{self._time_attr}", budget)
                 for m in metrics:

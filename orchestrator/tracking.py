@@ -59,7 +59,9 @@ from .names import (
     PARETO_TAG,
     RANK_TAG,
     RUN_KIND_TAG,
+    STOPPED_AT_TAG,
     STUDY_TAG,
+    TRIAL_STATUS_TAG,
     TRIAL_TAG,
     Status,
 )
@@ -133,6 +135,7 @@ class _Trial:
     tags: dict[str, str] = field(default_factory=dict)  # current pareto tags
     model_uri: str = ""
     has_failure_tag: bool = False
+    stopped: bool = False  # ended early by the scheduler (its MLflow run is FINISHED, tag trial_status STOPPED)
 
 
 class StudyTracker:
@@ -282,6 +285,7 @@ class StudyTracker:
                 finish_order=int(order) if order is not None else None,
                 tags={k: tags[k] for k in (PARETO_TAG, RANK_TAG, MASKING_TAG) if k in tags},
                 model_uri=tags.get(MODEL_URI_TAG, ""), has_failure_tag=FAILURE_TAG in tags,
+                stopped=tags.get(TRIAL_STATUS_TAG) == Status.STOPPED,
             )
         log.info("study %r: reusing parent run %s with %d trial run(s)", self.study_name, self.parent_run_id,
                  len(self._trials))
@@ -316,7 +320,8 @@ class StudyTracker:
         """Whether a trial finishing with ``final`` metrics would be on the front (so its model gets logged)."""
         values = _numeric(final)
         candidate = [values.get(k, math.nan) for k in OBJECTIVES]
-        finished = [[t.clean_acc, t.robust_acc] for t in self._trials.values() if t.status == FINISHED]
+        finished = [[t.clean_acc, t.robust_acc] for t in self._trials.values()
+                    if t.status == FINISHED and not t.stopped]
         return bool(pareto_mask(np.array([*finished, candidate]), list(MAXIMIZE))[-1])
 
     def trial_completed(self, trial_id: str, final: Mapping[str, Any], checkpoint_path: str | Path | None) -> None:
@@ -326,32 +331,47 @@ class StudyTracker:
         ``checkpoint_path`` is a local ``checkpoint.pt`` or the directory holding it, or None.
         """
         trial = self._trial(trial_id)
-        values = _numeric(final)
-        step = trial.last_step if trial.last_step is not None else int(values.get("epoch", 0))
-        unlogged = {k: v for k, v in values.items() if trial.last_logged.get(k) != v or step != trial.last_step}
-        self._log_metrics(trial.run_id, unlogged, step)
-        trial.last_step, trial.last_logged = step, {**trial.last_logged, **unlogged}
         on_front = self.needs_checkpoint(final)
-        trial.clean_acc = values.get("clean_acc", math.nan)
-        trial.robust_acc = values.get("robust_acc", math.nan)
-        trial.masking_gap = values.get("masking_gap", math.nan)
+        self._log_final(trial, final)
         if math.isnan(trial.clean_acc) or math.isnan(trial.robust_acc):
             log.warning("trial %s finished without finite clean_acc and robust_acc; it cannot be on the front",
                         trial_id)
         if trial.finish_order is None:
             trial.finish_order = 1 + max((t.finish_order or 0 for t in self._trials.values()), default=0)
-        self._log_tags(trial.run_id, {FINISH_ORDER_TAG: str(trial.finish_order)})
+        self._log_tags(trial.run_id, {FINISH_ORDER_TAG: str(trial.finish_order), TRIAL_STATUS_TAG: Status.FINISHED})
         self.client.set_terminated(trial.run_id, FINISHED)
         trial.status = FINISHED
         if on_front and checkpoint_path is not None and not trial.model_uri:
             self._log_model(trial_id, trial, checkpoint_path)
         self._publish(new_finished=True)
 
+    def trial_stopped(self, trial_id: str, final: Mapping[str, Any]) -> None:
+        """End the run of a trial the scheduler stopped at epoch ``final["epoch"]``: tagged ``trial_status``
+        ``STOPPED`` and ``stopped_at_epoch``, never on the front (its figures are not final ones)."""
+        trial = self._trial(trial_id)
+        self._log_final(trial, final)
+        epoch = _numeric(final).get("epoch", math.nan)
+        self._log_tags(trial.run_id, {TRIAL_STATUS_TAG: Status.STOPPED, STOPPED_AT_TAG: f"{epoch:g}"})
+        self.client.set_terminated(trial.run_id, FINISHED)
+        trial.status, trial.stopped = FINISHED, True
+        self._publish(new_finished=False)
+
+    def _log_final(self, trial: _Trial, final: Mapping[str, Any]) -> None:
+        """Log what of a trial's last result is not logged yet, and keep its objectives."""
+        values = _numeric(final)
+        step = trial.last_step if trial.last_step is not None else int(values.get("epoch", 0))
+        unlogged = {k: v for k, v in values.items() if trial.last_logged.get(k) != v or step != trial.last_step}
+        self._log_metrics(trial.run_id, unlogged, step)
+        trial.last_step, trial.last_logged = step, {**trial.last_logged, **unlogged}
+        trial.clean_acc = values.get("clean_acc", math.nan)
+        trial.robust_acc = values.get("robust_acc", math.nan)
+        trial.masking_gap = values.get("masking_gap", math.nan)
+
     def trial_failed(self, trial_id: str, reason: str) -> None:
         """End the trial's run as ``FAILED`` with ``reason`` (its tail, if long) as tag ``failure_reason``."""
         trial = self._trial(trial_id)
         reason = reason.strip() or "unknown error"
-        self._log_tags(trial.run_id, {FAILURE_TAG: reason[-_MAX_TAG:]})
+        self._log_tags(trial.run_id, {FAILURE_TAG: reason[-_MAX_TAG:], TRIAL_STATUS_TAG: Status.FAILED})
         self.client.set_terminated(trial.run_id, "FAILED")
         trial.status, trial.has_failure_tag = "FAILED", True
         self._publish(new_finished=False)
@@ -390,7 +410,7 @@ class StudyTracker:
             self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
     def _records(self) -> list[TrialRecord]:
-        return [TrialRecord(trial_id=tid, run_id=t.run_id, status=FROM_MLFLOW[t.status],
+        return [TrialRecord(trial_id=tid, run_id=t.run_id, status=Status.STOPPED if t.stopped else FROM_MLFLOW[t.status],
                             finish_order=t.finish_order if t.finish_order is not None else math.nan,
                             clean_acc=t.clean_acc, robust_acc=t.robust_acc, model_uri=t.model_uri, params=t.params,
                             masking_gap=t.masking_gap)

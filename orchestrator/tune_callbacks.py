@@ -41,10 +41,21 @@ def error_text(trial: Trial) -> str:
         return f"trial {trial.trial_id} errored (error file unreadable: {exc})"
 
 
+def stopped_early(trial: Trial) -> bool:
+    """Whether a trial's last result is from before its budget (``epoch < optim.epochs``): the scheduler stopped
+    it. The same rule tells Optuna PRUNED (:class:`orchestrator.searcher.BudgetOptunaSearch`)."""
+    epoch, budget = (trial.last_result or {}).get("epoch"), (trial.config or {}).get("optim.epochs")
+    return isinstance(epoch, int | float) and isinstance(budget, int | float) and epoch < budget
+
+
 def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord:
-    """The record of a Ray Tune trial: its status (``status`` when given), last result, config and error."""
+    """The record of a Ray Tune trial: its status (``status`` when given), last result, config and error.
+
+    A trial that ended normally before its budget is ``STOPPED``, not ``FINISHED``."""
     last = dict(trial.last_result or {})
     status = status or FROM_TUNE.get(str(trial.status), Status.PENDING)
+    if status == Status.FINISHED and stopped_early(trial):
+        status = Status.STOPPED
     return TrialRecord(
         trial_id=str(trial.trial_id), status=status,
         clean_acc=last.get(OBJECTIVES[0], float("nan")), robust_acc=last.get(OBJECTIVES[1], float("nan")),
@@ -128,9 +139,12 @@ class MLflowTuneCallback(Callback):
         self.tracker.trial_result(trial.trial_id, result, _result_step(result))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        """Finish the trial's run, update the front, and log the model of a front trial."""
+        """Finish the trial's run, update the front, and log the model of a front trial (or record its stop)."""
         self._ensure_trial(trial)
         final = dict(trial.last_result or {})
+        if stopped_early(trial):
+            self.tracker.trial_stopped(trial.trial_id, final)
+            return
         uri = final.get("checkpoint_path")
         with ExitStack() as stack:
             local = None
