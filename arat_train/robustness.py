@@ -70,14 +70,18 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 class _Forward(logging.Handler):
-    """Re-emits AutoAttack's log under this module's logger: warnings once each, the rest at debug level."""
+    """Re-emits AutoAttack's log under this module's logger: warnings once each, the rest at debug level; each
+    attack's result line ("robust accuracy after APGD-CE: ...") also goes to ``on_attack`` when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_attack: Callable[[str], None] | None = None) -> None:
         super().__init__(logging.DEBUG)
         self.seen: set[str] = set()
+        self.on_attack = on_attack
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
+        if self.on_attack is not None and msg.startswith("robust accuracy after"):
+            self.on_attack(msg)
         if record.levelno < logging.WARNING:
             log.debug("autoattack: %s", msg)
         elif msg not in self.seen:
@@ -86,11 +90,11 @@ class _Forward(logging.Handler):
 
 
 @contextmanager
-def _tidy_autoattack_output() -> Iterator[None]:
+def _tidy_autoattack_output(on_attack: Callable[[str], None] | None = None) -> Iterator[None]:
     """Route the ``auto-attack`` logger and its ``warnings.warn`` calls through this module's logger."""
     aa_log = logging.getLogger("auto-attack")
     saved = (aa_log.level, aa_log.propagate, list(aa_log.handlers))
-    handler = _Forward()
+    handler = _Forward(on_attack)
     aa_log.handlers, aa_log.propagate = [handler], False
     aa_log.setLevel(logging.DEBUG)
     try:
@@ -150,12 +154,14 @@ def autoattack_accuracy(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: Literal["linf", "l2"] = "linf",
     version: Literal["standard", "cheap"] = "standard", attacks: Sequence[str] | None = None, seed: int = 0,
     batch_size: int = 256, n_examples: int | None = None, progress: Progress = iter,
+    on_attack: Callable[[str], None] | None = None,
 ) -> AttackResult:
     """AutoAttack accuracy of ``model``'s adv-BN branch (eval mode) on the first ``n_examples`` of ``(x, y)``.
 
     ``eps`` is in 1/255 (both norms). ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square;
     ``"cheap"`` runs ``attacks`` (default APGD-CE + APGD-T) with the standard settings of each. The same ``seed``
-    gives the same number; the caller's RNG state is left as it was. Runs on the model's device.
+    gives the same number; the caller's RNG state is left as it was. Runs on the model's device. ``on_attack``
+    receives AutoAttack's line after each attack of each batch ("robust accuracy after APGD-CE: 52.00% ...").
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -167,7 +173,7 @@ def autoattack_accuracy(
     net = AdvBranch(model)
     start = time.perf_counter()
     clean = robust = 0
-    with eval_mode(model), seeded(seed, device), _tidy_autoattack_output():
+    with eval_mode(model), seeded(seed, device), _tidy_autoattack_output(on_attack):
         with torch.no_grad():
             num_classes = int(net(x[:1]).shape[1])
         aa = _build_autoattack(net, version, chosen, eps=eps, norm=norm, seed=seed, num_classes=num_classes,

@@ -29,7 +29,7 @@ import logging
 import math
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,8 +107,9 @@ def select_trials(frame: pd.DataFrame, which: str) -> pd.DataFrame:
     return chosen.sort_values(["clean_acc", "trial_id"], ascending=[False, True])
 
 
-def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
-    """Clean, PGD (the study's eval attack) and AutoAttack accuracy of one trial's last checkpoint."""
+def verify_trial(row: pd.Series, args: argparse.Namespace, say: Callable[[str], None] = lambda _: None) -> Verified:
+    """Clean, PGD (the study's eval attack) and AutoAttack accuracy of one trial's last checkpoint; ``say`` gets a
+    progress line after each attack."""
     import torch
 
     from arat_train.checkpoint import CHECKPOINT_NAME
@@ -133,7 +134,10 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
             torch.set_num_threads(args.threads)
         pgd = pgd_accuracy(model, data.x, data.y, steps=ev.steps, step_size=ev.step, restarts=ev.restarts,
                            **common)
-        aa = autoattack_accuracy(model, data.x, data.y, version=args.version, **common)
+        say(f"clean {pgd.clean_acc:.4f}, {pgd.attack} {pgd.robust_acc:.4f} on {pgd.n_examples} {args.split} images "
+            f"({pgd.seconds:.1f} s); AutoAttack {args.version}:")
+        aa = autoattack_accuracy(model, data.x, data.y, version=args.version, **common,
+                                 on_attack=lambda line: say(f"  {line}"))
     except Exception as err:  # one unreadable checkpoint must not stop the others
         log.warning("trial %s: %s", out.trial_id, err)
         out.error = f"{type(err).__name__}: {err}"
@@ -268,7 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VerifyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = [verify_trial(row, args) for _, row in chosen.iterrows()]
+    results = []
+    for i, (_, row) in enumerate(chosen.iterrows(), start=1):
+        prefix = f"[{i}/{len(chosen)}] trial {row['trial_id']}:"
+        print(f"{prefix} loading its last checkpoint", flush=True)
+        results.append(verify_trial(row, args, lambda line, p=prefix: print(f"{p} {line}", flush=True)))
+        done = results[-1]
+        print(f"{prefix} " + (f"could not be verified: {done.error}" if done.error else
+                              f"AutoAttack {args.version} {done.aa_acc:.4f} ({done.seconds:.1f} s in all)"), flush=True)
     print(format_table(results, args.split, args.version), flush=True)
     table = merge_results(results, args.study, args.split, args.version)
     print(f"written: {write_results(table, args.study)}")

@@ -72,6 +72,10 @@ def test_front_is_verified_with_autoattack_and_logged(study: tuple[Path, str],
                  "--threads", "1", "--tracking-uri", uri])
     out = capsys.readouterr().out
     assert code == 0, out
+    for i, tid in ((1, "a"), (2, "b")):  # progress per model and per attack
+        assert f"[{i}/2] trial {tid}: loading its last checkpoint" in out
+        assert re.search(rf"\[{i}/2\] trial {tid}:   robust accuracy after APGD-CE: ", out), out
+        assert re.search(rf"\[{i}/2\] trial {tid}: AutoAttack cheap \d\.\d{{4}} \(", out), out
     table = pd.read_csv(root / "runs" / "demo" / RESULT_NAME).set_index("trial_id")
     assert sorted(table.index) == ["a", "b"]  # the front only
     for tid, row in table.iterrows():
