@@ -205,8 +205,9 @@ class EvalConfig:
     Every epoch reports ``clean_acc`` and ``robust_acc_pgd`` (PGD with ``attack``) on the first ``max_examples``
     validation images. The last epoch's ``robust_acc``, the objective a study ranks by, comes from
     ``final_attack``: ``apgd`` is the worst case over PGD, APGD-CE and APGD-T (AutoAttack's first two attacks, the
-    reference implementation) on the first ``final_examples`` of those images; ``pgd`` is the PGD figure. Earlier
-    epochs report ``robust_acc`` = ``robust_acc_pgd`` as progress.
+    reference implementation; ``apgd_iters`` and ``apgd_targets`` as in its standard version unless a preset
+    trades some strength for time) on the first ``final_examples`` of those images; ``pgd`` is the PGD figure.
+    Earlier epochs report ``robust_acc`` = ``robust_acc_pgd`` as progress.
     """
 
     attack: AttackConfig = AttackConfig(eps=8.0, steps=20, step_size=2.0)
@@ -214,12 +215,16 @@ class EvalConfig:
     max_examples: int = 0  # 0 = the whole validation split
     final_attack: Literal["pgd", "apgd"] = "pgd"
     final_examples: int = 0  # 0 = the same images as max_examples
+    apgd_iters: int = 100  # iterations of APGD-CE and of APGD-T per target (AutoAttack's standard: 100)
+    apgd_targets: int = 9  # APGD-T's target classes, the runner-up logits (standard: 9; at most classes - 1)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_examples >= 0, "max_examples", f"must be >= 0 (0 = all), got {self.max_examples}")
         _require(self.final_examples >= 0, "final_examples",
                  f"must be >= 0 (0 = the eval.max_examples images), got {self.final_examples}")
+        _require(self.apgd_iters >= 1, "apgd_iters", f"must be >= 1, got {self.apgd_iters}")
+        _require(self.apgd_targets >= 1, "apgd_targets", f"must be >= 1, got {self.apgd_targets}")
 
 
 @dataclass(frozen=True)

@@ -191,14 +191,16 @@ def autoattack_accuracy(
 
 def objective_counts(
     model: nn.Module, x: Tensor, y: Tensor, pgd: AttackConfig, *, attacks: Sequence[str] = AA_CHEAP, seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 256, iters: int = 100, targets: int = 9,
 ) -> Tensor:
     """Counts ``[clean, pgd_robust, robust, total]`` (int64, on ``x``'s device) of ``model``'s adv-BN branch.
 
     An example is ``pgd_robust`` when it is classified correctly after each of ``pgd.restarts`` PGD runs, and
     ``robust`` when it also survives each of ``attacks`` (AutoAttack's, with their standard settings): the worst
-    case over all of them, so ``robust <= pgd_robust`` on the same examples by construction. Runs in eval mode and
-    fp32, seeded (the caller's RNG state is left as it was). Counts, so DDP ranks can sum them over their shards.
+    case over all of them, so ``robust <= pgd_robust`` on the same examples by construction. ``iters`` (APGD's
+    iterations, per target for APGD-T) and ``targets`` (APGD-T's target classes) default to AutoAttack's standard
+    100 and 9. Runs in eval mode and fp32, seeded (the caller's RNG state is left as it was). Counts, so DDP ranks
+    can sum them over their shards.
     """
     device = _device(model)
     net = AdvBranch(model)
@@ -211,6 +213,8 @@ def objective_counts(
             num_classes = int(net(x[:1]).shape[1])
         aa = _build_autoattack(net, "cheap", aa_attacks("cheap", attacks), eps=pgd.eps, norm=pgd.norm, seed=seed,
                                num_classes=num_classes, device=device)
+        aa.apgd.n_iter = aa.apgd_targeted.n_iter = iters
+        aa.apgd_targeted.n_target_classes = min(targets, num_classes - 1)
         for idx in torch.arange(x.shape[0], device=device).split(batch_size):
             xb, yb = x[idx], y[idx]
             with torch.no_grad():

@@ -140,14 +140,14 @@ def _sets(pairs: list[str]) -> list[str]:
 
 @pytest.mark.ray
 def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: TwoNodes, tmp_path: Path) -> None:
-    """A submitted moasha smoke study of SPREAD trials (2 DDP workers of 1 CPU: one rank on each node), eta 2 with a
+    """A submitted moasha study of SPREAD trials (2 DDP workers of 1 CPU: one rank on each node), eta 2 with a
     rung at epoch 1 of 2. The cluster (2 + 1 CPUs) holds one trial at a time, and the second node one worker: a
     trial stopped at the rung stops training (no second epoch), and the next trial can only get its rank on the
     second node once the stopped one's worker there is gone."""
     cluster, storage = two_nodes.cluster, tmp_path / "runs"
     assert two_nodes.second.proc.poll() is None, "the second node is gone (the node-loss test runs last)"
-    args = ["--smoke-test", "--num-samples", "4", *_sets([*TINY, "scaling.cpus_per_worker=1",
-                                                           "search.scheduler={type: moasha, reduction_factor: 2}"])]
+    args = ["--num-samples", "4", *_sets([*TINY, "optim.epochs=2", "scaling.cpus_per_worker=1",
+                                           "search.scheduler={type: moasha, reduction_factor: 2}"])]
     proc = subprocess.run(_submit(cluster, "spread", storage, args), env=cluster.env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]

@@ -88,3 +88,12 @@ def test_a_planted_masking_shows_as_a_large_gap(run: tuple[list[dict[str, float]
     assert masked[1] > honest[1]  # PGD is fooled by the saturation...
     assert gap(masked) > 0.1 + gap(honest)  # ...and the worst case exposes it
     assert abs(masked[2] - honest[2]) <= 0.05 * honest[3]  # APGD-T sees the same robustness in both
+
+
+def test_apgd_settings_are_validated() -> None:
+    cfg = TrainConfig.from_dict({"eval": {"final_attack": "apgd", "apgd_iters": 25, "apgd_targets": 3}})
+    assert (cfg.eval.apgd_iters, cfg.eval.apgd_targets) == (25, 3)
+    assert (TrainConfig().eval.apgd_iters, TrainConfig().eval.apgd_targets) == (100, 9)  # AutoAttack's standard
+    for key in ("apgd_iters", "apgd_targets", "final_examples"):
+        with pytest.raises(Exception, match=rf"eval\.{key}: must be >= "):
+            TrainConfig.from_dict({"eval": {key: -1}})
