@@ -8,13 +8,12 @@ Units: ``eps`` and ``step_size`` are in 1/255 of the [0, 1] pixel range; when ``
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
-
-import yaml
 
 T = TypeVar("T")
 
@@ -32,6 +31,23 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
+def _within(value: float, low: float, high: float, field: str, unit: str = "") -> None:
+    """Refuse ``value`` outside ``[low, high]``, naming the field and the allowed range."""
+    _require(low <= value <= high, field, f"must be in [{low:,}, {high:,}]{unit}, got {value!r}")
+
+
+# Upper bounds of counts: far above any real use, low enough that a typo cannot start a run that never ends.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 16_384
+MAX_ATTACK_STEPS = 1_000
+MAX_RESTARTS = 100
+MAX_IMAGES = 1_000_000  # train_limit, balance_samples, eval.max_examples
+MAX_FAKE_IMAGES = 100_000
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+# Training images each data set's validation split is drawn from (known without loading it).
+TRAIN_POOL = {"digits": 1_797, "cifar10": 50_000, "cifar100": 50_000}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Literal["digits", "cifar10", "cifar100", "fake"] = "digits"
@@ -47,6 +63,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.val_size > 0, "val_size", f"must be > 0, got {self.val_size}")
+        pool = TRAIN_POOL.get(self.dataset)
+        _require(pool is None or self.val_size < pool, "val_size",
+                 f"must be < {pool:,} ({self.dataset} has {pool:,} training images), got {self.val_size}")
+        _within(self.split_seed, 0, MAX_SEED, "split_seed")
+        _within(self.train_limit, 0, MAX_IMAGES, "train_limit", " (0 = all)")
+        _within(self.fake_size, 1, MAX_FAKE_IMAGES, "fake_size")
+        _within(self.num_classes, 2, 1_000, "num_classes")
         _require(self.image_size in (8, 16, 32), "image_size", f"allowed: 8, 16, 32; got {self.image_size}")
         _require(self.train_limit >= 0, "train_limit", f"must be >= 0 (0 = all), got {self.train_limit}")
         _require(self.fake_size > self.val_size or self.dataset != "fake", "fake_size",
@@ -62,6 +85,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
+        _within(self.width, 1, 1_024, "width")
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,10 @@ class AttackConfig:
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _require(self.step_ratio > 0, "step_ratio", f"must be > 0, got {self.step_ratio}")
         _require(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        _within(self.steps, 1, MAX_ATTACK_STEPS, "steps")
+        _within(self.restarts, 1, MAX_RESTARTS, "restarts")
+        if self.norm == "linf":
+            _within(self.eps, 0, 255, "eps", " (in 1/255: 255 is the whole pixel range)")
         if self.step_size is not None:
             _require(self.step_size > 0, "step_size", f"must be > 0 (in 1/255), got {self.step_size}")
             _require(self.step_size <= self.eps, "step_size",
@@ -116,6 +144,7 @@ class ARATConfig:
         _require(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
         _require(0 <= self.predictor_ratio <= 4, "predictor_ratio", f"must be in [0, 4], got {self.predictor_ratio}")
         _require(self.balance_samples >= 1, "balance_samples", f"must be >= 1, got {self.balance_samples}")
+        _within(self.balance_samples, 1, MAX_IMAGES, "balance_samples")
 
 
 @dataclass(frozen=True)
@@ -135,6 +164,7 @@ class SWAConfig:
     def __post_init__(self) -> None:
         _require(0 <= self.start < 1, "start", f"must be in [0, 1), got {self.start}")
         _require(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+        _within(self.every, 1, 1_000_000, "every")
 
 
 @dataclass(frozen=True)
@@ -152,6 +182,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _within(self.epochs, 1, MAX_EPOCHS, "epochs")
+        _within(self.batch_size, 1, MAX_BATCH, "batch_size")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -171,6 +203,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_examples >= 0, "max_examples", f"must be >= 0 (0 = all), got {self.max_examples}")
+        _within(self.batch_size, 1, MAX_BATCH, "batch_size")
+        _within(self.max_examples, 0, MAX_IMAGES, "max_examples", " (0 = all)")
 
 
 @dataclass(frozen=True)
@@ -183,6 +217,7 @@ class PerfConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_threads >= 0, "num_threads", f"must be >= 0 (0 = torch's default), got {self.num_threads}")
+        _within(self.num_threads, 0, 1_024, "num_threads", " (0 = torch's default)")
         _require(self.compile or self.compile_mode == "default", "compile_mode",
                  f"{self.compile_mode!r} applies only with perf.compile: true")
 
@@ -205,6 +240,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                  f"allowed: auto, cpu, cuda, cuda:N; got {self.device!r}")
+        _within(self.seed, 0, MAX_SEED, "seed")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -266,7 +302,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected null, got {value!r}")
         return None
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return number
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
@@ -323,21 +365,24 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``["optim.lr=0.05", "model.name=resnet18"]`` -> a nested mapping; values are parsed as YAML scalars."""
+    from .safe_yaml import load_yaml  # it imports ConfigError from here
+
     flat: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(pair, "an override must look like key.subkey=value")
-        flat[key.strip()] = yaml.safe_load(raw)
+        flat[key.strip()] = load_yaml(raw, key.strip())
     return unflatten(flat)
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML training config (or the defaults) and apply ``--set`` overrides."""
+    from .safe_yaml import read_yaml_file
+
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path) as fh:
-            loaded = yaml.safe_load(fh) or {}
+        loaded = read_yaml_file(path, "--config") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(str(path), "the file must hold a mapping of config sections")
         data = loaded

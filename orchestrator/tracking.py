@@ -34,6 +34,8 @@ import re
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -81,6 +83,35 @@ _BATCH = 100  # params or tags per log_batch
 def default_tracking_uri(directory: str | Path | None = None) -> str:
     """The embedded store: ``sqlite:////abs/dir/mlflow.db`` (absolute, as a ``ray job`` cwd is a temp dir)."""
     return f"sqlite:///{(Path(directory or Path.cwd()).resolve() / 'mlflow.db').as_posix()}"
+
+
+def store_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the MLflow store at ``uri`` cannot be used now, in one line, or None. Creates nothing (an MLflow client
+    would create a missing SQLite store) and waits at most ``timeout_s`` for a server."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            return f"no MLflow store at {path}"
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(16)
+        except OSError as err:
+            return f"cannot read the MLflow store {path}: {err.strerror}"
+        return None if header == b"SQLite format 3\x00" else f"{path} is not an SQLite database"
+    if uri.startswith(("http://", "https://")):
+        probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout_s):  # noqa: S310 - the user's tracking server
+                return None
+        except urllib.error.HTTPError:
+            return None  # it answered
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            return f"the MLflow server at {uri} does not answer ({reason})"
+    if uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        return None if path.is_dir() else f"no MLflow store at {path}"
+    return None
 
 
 def code_version() -> str:
