@@ -110,7 +110,8 @@ class TrialsTableCallback(Callback):
 class StopSignalCallback(Callback):
     """Let :mod:`orchestrator.interrupt` wrap the SIGINT handler Tune installs before it sets up callbacks."""
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
         interrupt.watch_tune()
 
 
