@@ -67,3 +67,32 @@ def pgd_attack(
             delta = _project(delta + step_size * step, eps, norm)
             delta = (x + delta).clamp(0.0, 1.0) - x
     return (x + delta).detach()
+
+
+def pgd_linf_from_noisy(
+    model_fn: ModelFn,
+    centre: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    loss_fn: LossFn | None = None,
+) -> Tensor:
+    """L-inf PGD as the authors' code (futakw/AR-AT, ``attacks.PGD_linf``) runs it after its in-place random start.
+
+    ``centre`` is their noisy image ``x + U(-eps, eps)``, not clamped: the first gradient is taken there, and every
+    step is projected onto the eps-ball around ``centre``, then onto [0, 1]. Their arithmetic is kept (the example
+    is carried, not the perturbation; summed cross-entropy), so the result matches theirs bit for bit. Only for
+    ``attack.legacy_inplace_noise``; :func:`pgd_attack` is the attack.
+    """
+    loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="sum"))
+    centre = centre.detach()
+    x_adv = centre
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(model_fn(x_adv), y), x_adv)
+        with torch.no_grad():
+            x_adv = x_adv + step_size * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, centre - eps), centre + eps).clamp(0.0, 1.0)
+    return x_adv.detach()

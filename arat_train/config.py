@@ -36,6 +36,7 @@ def _within(value: float, low: float, high: float, field: str, unit: str = "") -
     _require(low <= value <= high, field, f"must be in [{low:,}, {high:,}]{unit}, got {value!r}")
 
 
+DIGITS_SIZE = 1797  # scikit-learn's digits: every image, before any split
 # Upper bounds of counts: far above any real use, low enough that a typo cannot start a run that never ends.
 MAX_EPOCHS = 10_000
 MAX_BATCH = 16_384
@@ -44,16 +45,24 @@ MAX_RESTARTS = 100
 MAX_IMAGES = 1_000_000  # train_limit, balance_samples, eval.max_examples
 MAX_FAKE_IMAGES = 100_000
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
-# Training images each data set's validation split is drawn from (known without loading it).
-TRAIN_POOL = {"digits": 1_797, "cifar10": 50_000, "cifar100": 50_000}
+# Training images CIFAR's validation split is drawn from (known without loading them); digits: DIGITS_SIZE.
+CIFAR_TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000}
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which data set and how it is split: ``train`` / ``val`` (the search's objectives) / ``test`` (verification).
+
+    ``val`` is held out of the training set with ``split_seed``. CIFAR's test split is its official test set; digits
+    has none, so a fixed ``test_size`` images (always seed 0, whatever ``split_seed``) are held out of everything
+    else first: the search never sees them.
+    """
+
     dataset: Literal["digits", "cifar10", "cifar100", "fake"] = "digits"
     root: str = "data"
     download: bool = False
-    val_size: int = 397
+    val_size: int = 360
+    test_size: int = 360  # digits only: the fixed held-out test split
     split_seed: int = 0
     image_size: int = 16
     augment: bool = False
@@ -63,9 +72,17 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.val_size > 0, "val_size", f"must be > 0, got {self.val_size}")
-        pool = TRAIN_POOL.get(self.dataset)
-        _require(pool is None or self.val_size < pool, "val_size",
-                 f"must be < {pool:,} ({self.dataset} has {pool:,} training images), got {self.val_size}")
+        _require(self.test_size > 0, "test_size", f"must be > 0, got {self.test_size}")
+        if self.dataset == "digits":
+            _within(self.test_size, 1, DIGITS_SIZE - 2, "test_size", f" (digits has {DIGITS_SIZE} images)")
+            room = DIGITS_SIZE - self.test_size - 1
+            _require(self.val_size <= room, "val_size",
+                     f"digits has {DIGITS_SIZE} images, {self.test_size} of them held out for test (data.test_size); "
+                     f"val_size must be in [1, {room}], got {self.val_size}")
+        pool = CIFAR_TRAIN_SIZE.get(self.dataset)
+        if pool is not None:
+            _require(self.val_size < pool, "val_size",
+                     f"must be < {pool:,} ({self.dataset} has {pool:,} training images), got {self.val_size}")
         _within(self.split_seed, 0, MAX_SEED, "split_seed")
         _within(self.train_limit, 0, MAX_IMAGES, "train_limit", " (0 = all)")
         _within(self.fake_size, 1, MAX_FAKE_IMAGES, "fake_size")
@@ -81,7 +98,7 @@ class DataConfig:
 class ModelConfig:
     name: Literal["small_cnn", "resnet18", "wrn34_10"] = "small_cnn"
     width: int = 32  # small_cnn only
-    aligned_layers: tuple[str, ...] = ()  # empty = the architecture's default (DESIGN §2)
+    aligned_layers: tuple[str, ...] = ()  # empty = the architecture's default (docs/design.md, "The method")
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
@@ -92,10 +109,12 @@ class ModelConfig:
 class AttackConfig:
     """PGD settings (eps and step in 1/255), for training (``attack``) and evaluation (``eval.attack``).
 
-    ``legacy_inplace_noise`` (off by default; training only) reproduces the authors' code (futakw/AR-AT), which adds
-    the uniform random start to the clean batch in place: PGD's eps-ball is then centred on the noisy image, and
-    the clean-BN branch (and TRADES' clean term) trains on that noisy image too. DESIGN §2 treats this as a bug;
-    switch it on only to compare with the paper's figures.
+    ``legacy_inplace_noise`` (off by default; training only; L-inf only) reproduces the authors' code
+    (futakw/AR-AT, ``attacks.PGD_linf``), which adds the uniform random start to the clean batch in place and never
+    clamps it: the clean-BN branch (and TRADES' clean term) trains on that noisy image, which can lie in
+    [-eps, 1 + eps], and PGD starts there and projects onto the eps-ball around it, then onto [0, 1]. Here the
+    ball is centred on the clean image (README, "Differences from the authors' code"); switch it on only to
+    compare with the paper's figures.
     """
 
     eps: float = 8.0  # in 1/255
@@ -116,6 +135,8 @@ class AttackConfig:
         _within(self.restarts, 1, MAX_RESTARTS, "restarts")
         if self.norm == "linf":
             _within(self.eps, 0, 255, "eps", " (in 1/255: 255 is the whole pixel range)")
+        _require(not self.legacy_inplace_noise or self.norm == "linf", "legacy_inplace_noise",
+                 "reproduces the authors' L-inf attack only (their L2 attack adds no noise in place); norm is 'l2'")
         if self.step_size is not None:
             _require(self.step_size > 0, "step_size", f"must be > 0 (in 1/255), got {self.step_size}")
             _require(self.step_size <= self.eps, "step_size",
@@ -137,7 +158,7 @@ class AttackConfig:
 @dataclass(frozen=True)
 class ARATConfig:
     gamma: float = 30.0  # invariance weight
-    predictor_ratio: float = 0.25  # predictor width r; 0 = no predictor
+    predictor_ratio: float = 0.25  # predictor width r: max(1, int(r * d)) hidden units; 0 = no predictor
     balance_samples: int = 1024  # training images on which the balance weight a is measured
 
     def __post_init__(self) -> None:
@@ -169,6 +190,15 @@ class SWAConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """SGD and its learning-rate schedule (:func:`arat_train.train.lr_at`).
+
+    ``schedule``: ``nominal`` multiplies lr by ``lr_decay`` at each milestone (a fraction of the steps) after an
+    optional linear warm-up. ``authors`` reproduces the authors' code (futakw/AR-AT, ``train_ARAT.py``: ``get_lr``
+    and ``CustomLR``), which trains its first epoch at 0.02 (lr / 5 at their lr 0.1) and applies each decay one epoch
+    late: with 100 epochs, 0.02 in epoch 1, 0.1 in epochs 2-76, 0.01 in 77-91, 0.001 in 92-100 (1-based). Other
+    budgets scale the milestones as ``nominal`` does (their code hard-codes epochs 75 and 90).
+    """
+
     epochs: int = 100
     batch_size: int = 128
     lr: float = 0.1
@@ -178,9 +208,12 @@ class OptimConfig:
     milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the total steps where lr is multiplied by lr_decay
     lr_decay: float = 0.1
     warmup_epochs: float = 0.0
+    schedule: Literal["nominal", "authors"] = "nominal"
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.schedule in ("nominal", "authors"), "schedule",
+                 f"allowed: 'nominal', 'authors'; got {self.schedule!r}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _within(self.epochs, 1, MAX_EPOCHS, "epochs")
         _within(self.batch_size, 1, MAX_BATCH, "batch_size")
@@ -192,19 +225,54 @@ class OptimConfig:
         _require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
                  f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(self.schedule == "nominal" or self.warmup_epochs == 0, "warmup_epochs",
+                 f"must be 0 with optim.schedule: authors (its first epoch at lr / 5 is the warm-up), "
+                 f"got {self.warmup_epochs}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """The objectives' measurement on the validation split (adv-BN branch, eval mode).
+
+    Every epoch reports ``clean_acc`` and ``robust_acc_pgd`` (PGD with ``attack``) on the first ``max_examples``
+    validation images. The last epoch's ``robust_acc``, the objective a study ranks by, comes from
+    ``final_attack``: ``apgd`` is the worst case over PGD, APGD-CE and APGD-T (AutoAttack's first two attacks, the
+    reference implementation) on the first ``final_examples`` of those images; ``pgd`` is the PGD figure. Earlier
+    epochs report ``robust_acc`` = ``robust_acc_pgd`` as progress.
+    """
+
     attack: AttackConfig = AttackConfig(eps=8.0, steps=20, step_size=2.0)
     batch_size: int = 256
     max_examples: int = 0  # 0 = the whole validation split
+    final_attack: Literal["pgd", "apgd"] = "pgd"
+    final_examples: int = 0  # 0 = the same images as max_examples
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_examples >= 0, "max_examples", f"must be >= 0 (0 = all), got {self.max_examples}")
         _within(self.batch_size, 1, MAX_BATCH, "batch_size")
         _within(self.max_examples, 0, MAX_IMAGES, "max_examples", " (0 = all)")
+        _require(self.final_examples >= 0, "final_examples",
+                 f"must be >= 0 (0 = the eval.max_examples images), got {self.final_examples}")
+        _within(self.final_examples, 0, MAX_IMAGES, "final_examples", " (0 = the eval.max_examples images)")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Annealed probes: after each epoch in ``epochs`` (1-based), a copy of the run trains ``fraction`` of an epoch
+    at the first decayed learning rate (``optim.lr * optim.lr_decay``), is evaluated like every epoch
+    (``probe_clean_acc``, ``probe_robust_acc``), and is thrown away; the run itself continues unchanged.
+
+    Before its first decay a step schedule's accuracies predict the final ones poorly; a probe shows what the
+    model would be worth annealed now, for early stopping to rank on (docs/design.md, "Early stopping").
+    """
+
+    epochs: tuple[int, ...] = ()
+    fraction: float = 0.25  # of an epoch's optimiser steps, at least one step
+
+    def __post_init__(self) -> None:
+        _require(all(e >= 1 for e in self.epochs), "epochs", f"must be epochs >= 1, got {list(self.epochs)}")
+        _require(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
 
 
 @dataclass(frozen=True)
@@ -235,6 +303,7 @@ class TrainConfig:
     swa: SWAConfig = field(default_factory=SWAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
     def __post_init__(self) -> None:

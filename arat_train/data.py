@@ -6,7 +6,6 @@ permutation and the crop+flip augmentation are batched tensor operations on what
 
 from __future__ import annotations
 
-import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DataConfig
-
-log = logging.getLogger(__name__)
 
 DATASETS = ("digits", "cifar10", "cifar100", "fake")
 Split = Literal["train", "val", "test"]
@@ -111,15 +108,34 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+TEST_SPLIT_SEED = 0  # the held-out test split of a data set without one (digits) never moves
+
+
+def three_way_split(n: int, val_size: int, test_size: int, seed: int) -> dict[str, Tensor]:
+    """Disjoint sorted ``train`` / ``val`` / ``test`` indices of ``range(n)``.
+
+    ``test`` is the first ``test_size`` of a permutation with a fixed seed, so it is the same for every
+    ``seed``; ``val`` and ``train`` split the rest with ``seed``.
+    """
+    if not 0 < test_size < n:
+        raise ValueError(f"data.test_size must be in (0, {n}), got {test_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(TEST_SPLIT_SEED))
+    test, rest = perm[:test_size].sort().values, perm[test_size:].sort().values
+    train, val = split_indices(len(rest), val_size, seed)
+    return {"train": rest[train], "val": rest[val], "test": test}
+
+
 def load_dataset(
-    name: str, split: Split, *, root: str = "data", val_size: int = 5000, split_seed: int = 0,
+    name: str, split: Split, *, root: str = "data", val_size: int = 5000, test_size: int = 360, split_seed: int = 0,
     image_size: int = 16, download: bool = False, fake_size: int = 256, num_classes: int = 10,
 ) -> ArrayData:
-    """Load ``split`` of data set ``name``; ``train`` and ``val`` are disjoint parts of the training set."""
+    """Load ``split`` of data set ``name``: ``train`` and ``val`` are disjoint parts of the training set; ``test``
+    is CIFAR's official test set, digits' fixed held-out ``test_size`` images, or a separate FakeData draw."""
     if name == "digits":
         x, y = _digits(image_size)
-        classes = 10
-    elif name in ("cifar10", "cifar100"):
+        data = ArrayData(torch.from_numpy(x), torch.from_numpy(y), 10)
+        return data.subset(three_way_split(len(data), val_size, test_size, split_seed)[split])
+    if name in ("cifar10", "cifar100"):
         x, y = _cifar(name, root, train=split != "test", download=download)
         classes = 10 if name == "cifar10" else 100
     elif name == "fake":
@@ -128,9 +144,6 @@ def load_dataset(
     else:
         raise ValueError(f"data.dataset: unknown data set {name!r}; allowed: {list(DATASETS)}")
     data = ArrayData(torch.from_numpy(x), torch.from_numpy(y), classes)
-    if name == "digits" and split == "test":
-        log.warning("digits has no separate test set: 'test' returns the validation split")
-        split = "val"
     if split == "test":
         return data
     train_idx, val_idx = split_indices(len(data), val_size, split_seed)
@@ -139,8 +152,8 @@ def load_dataset(
 
 def load_split(cfg: DataConfig, split: Split, *, download: bool | None = None) -> ArrayData:
     """Split ``split`` of the data set ``cfg`` describes; ``download`` overrides ``cfg.download``."""
-    return load_dataset(cfg.dataset, split, root=cfg.root, val_size=cfg.val_size, split_seed=cfg.split_seed,
-                        image_size=cfg.image_size, download=cfg.download if download is None else download,
+    return load_dataset(cfg.dataset, split, root=cfg.root, val_size=cfg.val_size, test_size=cfg.test_size,
+                        split_seed=cfg.split_seed, image_size=cfg.image_size, download=cfg.download if download is None else download,
                         fake_size=cfg.fake_size, num_classes=cfg.num_classes)
 
 

@@ -12,12 +12,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def predictor_width(dim: int, ratio: float) -> int:
+    """Hidden units of a predictor: ``int(ratio * dim)`` (floor, as the authors' code), at least 1 when ``ratio > 0``.
+
+    The authors' ``int(r * d)`` would build a zero-width predictor (a constant output) when ``r * d < 1``; here any
+    ``ratio > 0`` keeps a working one-unit predictor instead. ``ratio == 0`` means no predictor (width 0).
+    """
+    return max(1, int(ratio * dim)) if ratio > 0 else 0
+
+
 class Predictor(nn.Module):
-    """``Linear(d, r*d, bias=False) -> BatchNorm1d -> ReLU -> Linear(r*d, d)``; identity when ``ratio == 0``."""
+    """``Linear(d, h, bias=False) -> BatchNorm1d -> ReLU -> Linear(h, d)`` with ``h = predictor_width(d, ratio)``;
+    identity when ``ratio == 0``."""
 
     def __init__(self, dim: int, ratio: float) -> None:
         super().__init__()
-        self.hidden = max(1, round(ratio * dim)) if ratio > 0 else 0
+        self.hidden = predictor_width(dim, ratio)
         if self.hidden == 0:
             self.net: nn.Module = nn.Identity()
         else:

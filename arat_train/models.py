@@ -8,6 +8,7 @@ ReLU + global-average-pooled outputs of the configured *aligned layers*, keyed b
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -109,7 +110,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(_Net):
-    """CIFAR ResNet-18: 3x3 stem, no max-pool, four stages of two basic blocks."""
+    """CIFAR ResNet-18: 3x3 stem, no max-pool, four stages of two basic blocks; PyTorch's default initialisation,
+    as in the authors' split-BN ResNet-18."""
 
     default_aligned = ("layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2")
 
@@ -163,8 +165,25 @@ class WideBlock(nn.Module):
         return out + short
 
 
+def _wide_resnet_init(m: nn.Module) -> None:
+    """The usual Wide-ResNet initialisation, as the authors' WRN (``models/wrn_split_bn.py``) applies it.
+
+    Convolutions: normal(0, sqrt(2 / fan_out)) with fan_out = k * k * out_channels; BatchNorms (both branches):
+    weight 1, bias 0; the classifier: bias 0, its weight left at PyTorch's default.
+    """
+    if isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 class WideResNet(_Net):
-    """WRN-depth-widen (no dropout). WRN-34-10 aligns every ReLU of the last stage plus the pooled feature."""
+    """WRN-depth-widen (no dropout), Wide-ResNet initialisation. WRN-34-10 aligns every ReLU of the last stage plus
+    the pooled feature."""
 
     def __init__(
         self, depth: int = 34, widen: int = 10, num_classes: int = 10, in_channels: int = 3,
@@ -192,6 +211,7 @@ class WideResNet(_Net):
         self.bn_final = _norm(cin, split_bn)
         self.linear = nn.Linear(cin, num_classes)
         self._check_aligned()
+        self.apply(_wide_resnet_init)
 
     def _forward(self, x: Tensor, bn: Branch, taps: Taps) -> Tensor:
         out = self.conv1(x)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .accuracy import accuracy_counts, eval_mode
+from .attacks import pgd_attack
 from .config import AttackConfig
 from .data import ArrayData, to_float
 
@@ -69,14 +70,18 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 class _Forward(logging.Handler):
-    """Re-emits AutoAttack's log under this module's logger: warnings once each, the rest at debug level."""
+    """Re-emits AutoAttack's log under this module's logger: warnings once each, the rest at debug level; each
+    attack's result line ("robust accuracy after APGD-CE: ...") also goes to ``on_attack`` when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_attack: Callable[[str], None] | None = None) -> None:
         super().__init__(logging.DEBUG)
         self.seen: set[str] = set()
+        self.on_attack = on_attack
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
+        if self.on_attack is not None and msg.startswith("robust accuracy after"):
+            self.on_attack(msg)
         if record.levelno < logging.WARNING:
             log.debug("autoattack: %s", msg)
         elif msg not in self.seen:
@@ -85,11 +90,11 @@ class _Forward(logging.Handler):
 
 
 @contextmanager
-def _tidy_autoattack_output() -> Iterator[None]:
+def _tidy_autoattack_output(on_attack: Callable[[str], None] | None = None) -> Iterator[None]:
     """Route the ``auto-attack`` logger and its ``warnings.warn`` calls through this module's logger."""
     aa_log = logging.getLogger("auto-attack")
     saved = (aa_log.level, aa_log.propagate, list(aa_log.handlers))
-    handler = _Forward()
+    handler = _Forward(on_attack)
     aa_log.handlers, aa_log.propagate = [handler], False
     aa_log.setLevel(logging.DEBUG)
     try:
@@ -149,12 +154,14 @@ def autoattack_accuracy(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: Literal["linf", "l2"] = "linf",
     version: Literal["standard", "cheap"] = "standard", attacks: Sequence[str] | None = None, seed: int = 0,
     batch_size: int = 256, n_examples: int | None = None, progress: Progress = iter,
+    on_attack: Callable[[str], None] | None = None,
 ) -> AttackResult:
     """AutoAttack accuracy of ``model``'s adv-BN branch (eval mode) on the first ``n_examples`` of ``(x, y)``.
 
     ``eps`` is in 1/255 (both norms). ``version="standard"`` runs APGD-CE, APGD-T, FAB-T and Square;
     ``"cheap"`` runs ``attacks`` (default APGD-CE + APGD-T) with the standard settings of each. The same ``seed``
-    gives the same number; the caller's RNG state is left as it was. Runs on the model's device.
+    gives the same number; the caller's RNG state is left as it was. Runs on the model's device. ``on_attack``
+    receives AutoAttack's line after each attack of each batch ("robust accuracy after APGD-CE: 52.00% ...").
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -166,7 +173,7 @@ def autoattack_accuracy(
     net = AdvBranch(model)
     start = time.perf_counter()
     clean = robust = 0
-    with eval_mode(model), seeded(seed, device), _tidy_autoattack_output():
+    with eval_mode(model), seeded(seed, device), _tidy_autoattack_output(on_attack):
         with torch.no_grad():
             num_classes = int(net(x[:1]).shape[1])
         aa = _build_autoattack(net, version, chosen, eps=eps, norm=norm, seed=seed, num_classes=num_classes,
@@ -180,6 +187,45 @@ def autoattack_accuracy(
                 robust += int((net(x_adv).argmax(1) == yb).sum())
     n = int(x.shape[0])
     return AttackResult(f"autoattack-{version}", clean / n, robust / n, n, time.perf_counter() - start)
+
+
+def objective_counts(
+    model: nn.Module, x: Tensor, y: Tensor, pgd: AttackConfig, *, attacks: Sequence[str] = AA_CHEAP, seed: int = 0,
+    batch_size: int = 256,
+) -> Tensor:
+    """Counts ``[clean, pgd_robust, robust, total]`` (int64, on ``x``'s device) of ``model``'s adv-BN branch.
+
+    An example is ``pgd_robust`` when it is classified correctly after each of ``pgd.restarts`` PGD runs, and
+    ``robust`` when it also survives each of ``attacks`` (AutoAttack's, with their standard settings): the worst
+    case over all of them, so ``robust <= pgd_robust`` on the same examples by construction. Runs in eval mode and
+    fp32, seeded (the caller's RNG state is left as it was). Counts, so DDP ranks can sum them over their shards.
+    """
+    device = _device(model)
+    net = AdvBranch(model)
+    counts = torch.zeros(4, dtype=torch.int64, device=device)
+    if x.shape[0] == 0:
+        return counts
+    x, y = to_float(x.to(device)), y.to(device)
+    with eval_mode(model), seeded(seed, device), _tidy_autoattack_output():
+        with torch.no_grad():
+            num_classes = int(net(x[:1]).shape[1])
+        aa = _build_autoattack(net, "cheap", aa_attacks("cheap", attacks), eps=pgd.eps, norm=pgd.norm, seed=seed,
+                               num_classes=num_classes, device=device)
+        for idx in torch.arange(x.shape[0], device=device).split(batch_size):
+            xb, yb = x[idx], y[idx]
+            with torch.no_grad():
+                ok = net(xb).argmax(1) == yb
+            pgd_ok = ok.clone()
+            for _ in range(pgd.restarts):
+                x_adv = pgd_attack(net, xb, yb, **pgd.kwargs())
+                with torch.no_grad():
+                    pgd_ok &= net(x_adv).argmax(1) == yb
+            x_aa, _ = aa.run_standard_evaluation(xb, yb, batch_size=batch_size)
+            _check_ball(x_aa, xb, pgd.eps / 255.0, pgd.norm)
+            with torch.no_grad():
+                worst = pgd_ok & (net(x_aa).argmax(1) == yb)
+            counts += torch.stack([ok.sum(), pgd_ok.sum(), worst.sum(), torch.tensor(yb.numel(), device=device)])
+    return counts
 
 
 def _check_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> None:
@@ -215,4 +261,5 @@ def pgd_accuracy(
     return AttackResult(name, int(counts["clean"]) / n, int(counts["robust"]) / n, n, time.perf_counter() - start)
 
 
-__all__ = ["AA_CHEAP", "AA_STANDARD", "AdvBranch", "AttackResult", "autoattack_accuracy", "pgd_accuracy"]
+__all__ = ["AA_CHEAP", "AA_STANDARD", "AdvBranch", "AttackResult", "autoattack_accuracy", "objective_counts",
+           "pgd_accuracy"]

@@ -7,6 +7,7 @@ metrics every rank hands over are the global ones.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -25,12 +26,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .accuracy import accuracy_counts, eval_mode
-from .attacks import pgd_attack
-from .checkpoint import CHECKPOINT_NAME, Metrics, RunState, load_checkpoint, save_checkpoint, set_rng_state
+from .attacks import pgd_attack, pgd_linf_from_noisy
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    Metrics,
+    RunState,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import AttackConfig, OptimConfig, TrainConfig
-from .data import ArrayData, epoch_batches, load_split, random_crop_flip, to_float
+from .data import ArrayData, epoch_batches, load_split, random_crop_flip, shard, to_float
 from .losses import Predictors, arat_loss, trades_kl, trades_loss
 from .models import build_model
+from .robustness import objective_counts
 from .swa import ParamAverage, reestimate_adv_bn
 
 log = logging.getLogger(__name__)
@@ -43,11 +53,17 @@ class TrainingDiverged(RuntimeError):
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay."""
+    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: linear warm-up, then step decay.
+
+    ``cfg.schedule == "authors"``: the first epoch at ``lr / 5``, then the same step decay one epoch late.
+    """
+    late = total_steps / cfg.epochs if cfg.schedule == "authors" else 0.0  # one epoch, in steps
+    if step < late:
+        return cfg.lr / 5
     warmup = cfg.warmup_epochs / cfg.epochs * total_steps
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    passed = sum(step >= m * total_steps for m in cfg.milestones)
+    passed = sum(step - late >= m * total_steps for m in cfg.milestones)
     return cfg.lr * cfg.lr_decay**passed
 
 
@@ -95,18 +111,19 @@ class Objective(nn.Module):
     def adversarial(self, x: Tensor, y: Tensor, attack: AttackConfig) -> tuple[Tensor, Tensor]:
         """The (clean, adversarial) pair of a training batch; the clean one changes only with the legacy switch."""
         kwargs = attack.kwargs()
+        run: Callable[..., Tensor] = partial(pgd_attack, **kwargs)
         if attack.legacy_inplace_noise and attack.random_start:
-            # The authors' code adds the random start to x in place: the ball is centred on the noisy image and
-            # the clean branch sees it too. Reproduced only on request, for comparisons with the paper.
-            x = (x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])).clamp(0.0, 1.0)
-            kwargs["random_start"] = False
+            # The authors' code adds the random start to x in place and never clamps it: the clean branch sees the
+            # noisy image (up to eps outside [0, 1]) and PGD runs around it. Reproduced only on request.
+            x = x + torch.empty_like(x).uniform_(-kwargs["eps"], kwargs["eps"])
+            run = partial(pgd_linf_from_noisy, eps=kwargs["eps"], step_size=kwargs["step_size"], steps=kwargs["steps"])
         if self.method == "trades":
             with eval_mode(self.model):
                 with torch.no_grad():
                     target = self.model(x)
-                x_adv = pgd_attack(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target), **kwargs)
+                x_adv = run(self.model, x, y, loss_fn=lambda logits, _: trades_kl(logits, target))
             return x, x_adv
-        return x, pgd_attack(partial(self.model, bn="adv"), x, y, **kwargs)
+        return x, run(partial(self.model, bn="adv"), x, y)
 
 
 def _autocast(device: torch.device, cfg: TrainConfig) -> Callable[[], AbstractContextManager[Any]]:
@@ -153,9 +170,20 @@ def load_data(cfg: TrainConfig, device: torch.device) -> tuple[ArrayData, ArrayD
 
 
 def balance_weight(model: nn.Module, data: ArrayData, n: int, batch_size: int,
-                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> float:
-    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on the first ``n`` training images."""
-    sub = data.subset(torch.arange(min(n, len(data))))
+                   autocast: Callable[[], AbstractContextManager[Any]] = nullcontext, *, seed: int = 0,
+                   epoch: int = 0, augment: bool = False) -> float:
+    """AR-AT's ``a``: clean top-1 accuracy of the clean-BN branch (eval mode) on ``n`` random training images.
+
+    As in the authors' code, which reads its first batches of a freshly shuffled, augmented training loader before
+    each epoch: a new sample each epoch, with training's crop and flip when ``augment``. The sample and the
+    augmentation come from their own generator seeded by (``seed``, ``epoch``), so a resumed run measures the same
+    ``a``, every DDP rank measures it on the same images, and the global generators are left alone.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_033 + epoch * 7_919 + 104_729)
+    idx = torch.randperm(len(data), generator=gen)[: min(n, len(data))]
+    sub = data.subset(idx)
+    if augment:
+        sub = ArrayData(random_crop_flip(to_float(sub.x), gen), sub.y, sub.num_classes)
     with eval_mode(model):
         counts = accuracy_counts(partial(model, bn="clean"), sub, None, batch_size=batch_size, autocast=autocast)
     return counts["clean"].item() / max(1, counts["total"].item())
@@ -169,14 +197,41 @@ def _all_reduce(t: Tensor) -> Tensor:
 
 def evaluate_model(model: nn.Module, data: ArrayData, cfg: TrainConfig,
                    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Metrics:
-    """``clean_acc`` and ``robust_acc`` of the adv-BN branch in eval mode, summed over every rank's shard."""
+    """``clean_acc`` and ``robust_acc_pgd`` of the adv-BN branch in eval mode, summed over every rank's shard.
+
+    ``robust_acc`` repeats the PGD figure: the final epoch replaces it with :func:`final_objective`'s.
+    """
     rank, world = dist_info()
     with eval_mode(model):
         c = accuracy_counts(partial(model, bn="adv"), data, cfg.eval.attack, batch_size=cfg.eval.batch_size,
                             rank=rank, world_size=world, max_examples=cfg.eval.max_examples, autocast=autocast)
     counts = _all_reduce(torch.stack([c["clean"], c["robust"], c["total"]]))
     clean, robust, total = (int(v) for v in counts.tolist())
-    return {"clean_acc": clean / total, "robust_acc": robust / total, "eval_examples": float(total)}
+    return {"clean_acc": clean / total, "robust_acc": robust / total, "robust_acc_pgd": robust / total,
+            "eval_examples": float(total)}
+
+
+def final_objective(model: nn.Module, data: ArrayData, cfg: TrainConfig) -> Metrics:
+    """The objective ``robust_acc`` of a trained model with ``eval.final_attack = apgd``, and its masking gap.
+
+    On the first ``eval.final_examples`` evaluation images (each rank its shard, counts summed): the worst case over
+    the eval PGD, APGD-CE and APGD-T (:func:`arat_train.robustness.objective_counts`). ``masking_gap`` is PGD's
+    robust accuracy minus that, on the same images: a large gap means PGD's gradients mislead (gradient masking).
+    When those are all the evaluation images, ``robust_acc_pgd`` is that PGD run's figure, so that
+    ``masking_gap == robust_acc_pgd - robust_acc``.
+    """
+    ev = cfg.eval
+    n_eval = len(data) if ev.max_examples <= 0 else min(ev.max_examples, len(data))
+    n = min(n_eval, ev.final_examples) if ev.final_examples else n_eval
+    rank, world = dist_info()
+    mine = data.subset(shard(n, rank, world))
+    counts = _all_reduce(objective_counts(model, mine.x, mine.y, ev.attack, seed=cfg.seed,
+                                          batch_size=ev.batch_size))
+    _, pgd, robust, total = (int(v) for v in counts.tolist())
+    out = {"robust_acc": robust / total, "masking_gap": (pgd - robust) / total, "final_examples": float(total)}
+    if n == n_eval:  # the same images as the per-epoch PGD figure: report the PGD run the gap was measured with
+        out["robust_acc_pgd"] = pgd / total
+    return out
 
 
 @dataclass
@@ -285,11 +340,50 @@ def run_epoch(run: Run, epoch: int, progress: Callable[[Iterable[Tensor]], Itera
         for buf in run.objective.buffers():
             dist.broadcast(buf, src=0)
     metrics.update(evaluate_model(model, run.val_data, cfg, run.autocast))
+    if epoch == cfg.optim.epochs - 1 and cfg.eval.final_attack == "apgd":
+        metrics.update(final_objective(model, run.val_data, cfg))
+    if epoch + 1 in cfg.probe.epochs:
+        metrics.update(annealed_probe(run, epoch, metrics.get("balance_a", 0.0)))
     if run.swa is not None and epoch == cfg.optim.epochs - 1 and run.swa.n > 0:
         metrics.update(_swa_metrics(model, run.swa, run.train_data, run.val_data, cfg, run.autocast))
     run.state.epoch, metrics["epoch"] = epoch + 1, float(epoch + 1)
     run.state.history.append(metrics)
     return metrics
+
+
+def annealed_probe(run: Run, epoch: int, a: float) -> Metrics:
+    """``probe_clean_acc`` and ``probe_robust_acc`` of the run annealed now (:class:`~arat_train.config.ProbeConfig`).
+
+    The modules, optimiser and every RNG are saved first and restored after, so the run continues exactly as
+    without the probe; under DDP every rank probes its own shard in step (the steps go through DDP).
+    """
+    cfg = run.cfg
+    rank, world = dist_info()
+    device = run.train_data.x.device
+    saved = (copy.deepcopy(run.objective.state_dict()), copy.deepcopy(run.optimizer.state_dict()), rng_state())
+    try:
+        batches = epoch_batches(len(run.train_data), cfg.optim.batch_size, epoch + _PROBE_EPOCH, cfg.seed, rank, world)
+        steps = max(1, round(cfg.probe.fraction * len(batches)))
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 7_919 + (epoch + _PROBE_EPOCH) * 31 + rank)
+        lr = cfg.optim.lr * cfg.optim.lr_decay
+        run.objective.train()
+        for batch in batches[:steps]:
+            x, y = batch_inputs(run.train_data, batch.to(device), augment=cfg.data.augment, generator=gen,
+                                channels_last=_channels_last(cfg, device))
+            train_step(run.objective, run.step_module, run.optimizer, x, y, cfg.attack, a, lr, run.autocast)
+        if world > 1:
+            for buf in run.objective.buffers():
+                dist.broadcast(buf, src=0)
+        probed = evaluate_model(run.objective.model, run.val_data, cfg, run.autocast)
+    finally:
+        run.objective.load_state_dict(saved[0])
+        run.optimizer.load_state_dict(saved[1])
+        set_rng_state(saved[2])
+    return {"probe_clean_acc": probed["clean_acc"], "probe_robust_acc": probed["robust_acc_pgd"],
+            "probe_steps": float(steps)}
+
+
+_PROBE_EPOCH = 1_000_003  # probes draw their batches and crops from epochs no training epoch uses
 
 
 def batch_inputs(data: ArrayData, batch: Tensor, *, augment: bool, generator: torch.Generator,
@@ -330,7 +424,8 @@ def _train_epoch(
     device = data.x.device
     a = 0.0
     if cfg.method == "arat":
-        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast)
+        a = balance_weight(objective.model, data, cfg.arat.balance_samples, cfg.eval.batch_size, autocast,
+                           seed=cfg.seed, epoch=epoch, augment=cfg.data.augment)
     # One host-to-device copy of this epoch's order; the loop below then never waits on the host.
     order = torch.cat(epoch_batches(len(data), cfg.optim.batch_size, epoch, cfg.seed, rank, world)).to(device)
     batches = list(order.split(cfg.optim.batch_size))

@@ -22,6 +22,7 @@ class Status(StrEnum):
     PENDING = "PENDING"  # created, not started yet
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"  # trained its whole budget and reported its final objectives
+    STOPPED = "STOPPED"  # stopped early by the scheduler at a rung: its figures are not final ones
     FAILED = "FAILED"  # ended by an error (its reason is recorded)
     INTERRUPTED = "INTERRUPTED"  # the study stopped before the trial ended; a resume continues it
 
@@ -44,6 +45,11 @@ FAILURE_ARTIFACT = "failure/error.txt"
 INTERRUPTED_TAG = "interrupted"  # "true" on a KILLED run (and the study's parent) that a stop signal ended
 MODEL_URI_TAG = "model_uri"
 MODEL_ERROR_TAG = "model_error"
+TRIAL_STATUS_TAG = "trial_status"  # the Status word of an ended trial (MLflow's own run status is coarser)
+STOPPED_AT_TAG = "stopped_at_epoch"  # the epoch a STOPPED trial was stopped at
+MASKING_TAG = "gradient_masking_suspect"  # "true" when PGD's robust accuracy exceeds the objective's by too much
+VERIFIED_TAG = "pareto_verified"  # "true" / "false": on the front of the verified (test, AutoAttack) figures
+VERIFIED_RANK_TAG = "pareto_verified_rank"
 
 # The study's files, under <storage>/<study>/.
 SPEC_FILE = "study.yaml"  # the resolved preset; --resume reads it back

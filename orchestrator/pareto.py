@@ -1,4 +1,5 @@
-"""Pareto fronts, non-dominated ranks, crowding distance and hypervolume over numpy arrays.
+"""Pareto fronts, non-dominated ranks, crowding distance, hypervolume and the rung decision of multi-objective
+successive halving, over numpy arrays.
 
 Convention shared by every function:
 
@@ -143,6 +144,32 @@ def _crowding_min(q: np.ndarray) -> np.ndarray:
     return dist
 
 
+def staircase(points: object, maximize: Maximize = True) -> np.ndarray:
+    """The attainment surface of two objectives: the (K, 2) vertices of the staircase through the front of
+    ``points``, ordered by the first objective.
+
+    Between two neighbouring front points the line goes first along the second objective, then along the first,
+    through the corner both points attain (for two maximised objectives, (x1, y1) -> (x1, y2) -> (x2, y2) with
+    x1 < x2, y1 > y2): a straight segment between them would claim trade-offs nobody measured. Dominated rows,
+    NaN rows and duplicates of a front point add nothing; a front of one point is that point.
+    """
+    q, valid = _to_min(points, maximize)
+    if q.shape[1] != 2:
+        raise ValueError(f"a staircase needs exactly 2 objectives, got {q.shape[1]}")
+    arr = np.asarray(points, dtype=float).reshape(q.shape)
+    front = np.unique(arr[pareto_mask(arr, maximize)], axis=0)
+    if front.shape[0] == 0:
+        return np.empty((0, 2))
+    front = front[np.argsort(front[:, 0], kind="stable")]  # along x
+    if _signs(maximize, 2)[0] < 0:  # x maximised: the corner keeps the smaller x and the next point's y
+        corners = np.column_stack([front[:-1, 0], front[1:, 1]])
+    else:  # x minimised: the corner keeps the larger x and this point's y
+        corners = np.column_stack([front[1:, 0], front[:-1, 1]])
+    out = np.empty((2 * front.shape[0] - 1, 2))
+    out[0::2], out[1::2] = front, corners
+    return out
+
+
 def _as_reference(reference: object, n_obj: int, maximize: Maximize) -> np.ndarray:
     """Return the reference point as a finite (M,) minimisation array or raise ValueError."""
     ref = np.asarray(reference, dtype=float)
@@ -240,3 +267,105 @@ def hypervolume_history(
 def _is_weakly_dominated(row: np.ndarray, archive: np.ndarray) -> bool:
     """True when some archive row is no worse than ``row`` in every objective (so it adds no volume)."""
     return bool((archive <= row).all(axis=1).any())
+
+
+# ---------------------------------------------------------------- successive halving at a rung
+
+
+def rung_keep(n_at_rung: int, reduction_factor: float) -> int:
+    """How many of ``n_at_rung`` trials (the newcomer included) continue from a rung: ``max(1, floor(n / eta))``.
+
+    ``floor`` keeps the continuing fraction at or below ``1 / eta``, the promotion rate of successive halving;
+    ``max(1, .)`` lets the best trial continue however few have arrived.
+    """
+    return max(1, int(n_at_rung // reduction_factor))
+
+
+def rung_position(recorded: object, new: object, maximize: Maximize = True) -> int:
+    """Return the 1-based position of ``new`` among the ``N + 1`` objective vectors of a rung.
+
+    ``recorded`` is the ``(N, M)`` array of the vectors already recorded at the rung and ``new`` the ``(M,)``
+    vector arriving. The position is one plus the number of rows ranked strictly ahead of ``new``:
+
+    1. Non-dominated sorting (:func:`nondominated_ranks`): a row of a better front is ahead.
+    2. Inside the newcomer's front, a row with a strictly larger crowding distance is ahead. The distance is
+       computed on the objectives normalised to [0, 1] over the whole rung (every NaN-free row): per objective,
+       a row whose value is the smallest or the largest in the front gets ``inf`` and any other row adds the
+       gap between the nearest strictly smaller and strictly larger values in the front, divided by the rung's
+       range. An objective constant over the front adds 0; one with an infinite range adds only its ``inf``.
+       Built on values rather than on a sort order, it gives identical vectors the same distance, and the whole
+       ranking does not depend on the order in which the rows were recorded.
+    3. Rows still tied with ``new`` (identical vectors, equal distances) are not ahead: ties go to the newcomer.
+
+    NaN: a row holding NaN never is ahead of a NaN-free row; a NaN newcomer comes after every NaN-free row.
+    """
+    rec, row = _rung_arrays(recorded, new, maximize)
+    q, valid = _to_min(np.vstack([rec, row]), maximize)
+    if not valid[-1]:
+        return int(valid[:-1].sum()) + 1
+    return _ahead_of_last(q[valid]) + 1
+
+
+def rung_continues(recorded: object, new: object, reduction_factor: float, maximize: Maximize = True) -> bool:
+    """Decide whether the trial whose vector ``new`` just reached a rung continues (True) or stops (False).
+
+    With fewer than ``reduction_factor`` rows recorded the trial continues (too few to compare against).
+    Otherwise it continues iff ``rung_position(recorded, new) <= rung_keep(N + 1, reduction_factor)``: its
+    position among the ``N + 1`` trials at the rung (see :func:`rung_position`; ties go to the newcomer) is
+    within the top ``max(1, floor((N + 1) / eta))``. A trial that dominates every recorded one is therefore
+    always continued, and one that every recorded trial dominates always stops. A NaN newcomer stops whatever
+    its position (a NaN objective is a broken evaluation, not a ranking), unless fewer than eta are recorded.
+    The decision depends only on the multiset of recorded vectors, never on their order.
+    """
+    if not reduction_factor > 1:
+        raise ValueError(f"reduction_factor must be > 1, got {reduction_factor!r}")
+    rec, row = _rung_arrays(recorded, new, maximize)
+    n = rec.shape[0]
+    if n < reduction_factor:
+        return True
+    if np.isnan(row).any():
+        return False
+    return rung_position(recorded, new, maximize) <= rung_keep(n + 1, reduction_factor)
+
+
+def _rung_arrays(recorded: object, new: object, maximize: Maximize) -> tuple[np.ndarray, np.ndarray]:
+    """Return (recorded (N, M), new (1, M)) as float arrays with matching M, or raise ValueError."""
+    row = np.asarray(new, dtype=float)
+    if row.ndim != 1 or row.size == 0:
+        raise ValueError(f"new must be a 1-D vector of M >= 1 objectives, got shape {row.shape}")
+    rec = np.asarray(recorded, dtype=float)
+    if rec.size == 0:
+        rec = rec.reshape(0, row.size)
+    rec = _as_points(rec, maximize)
+    if rec.shape[1] != row.size:
+        raise ValueError(f"recorded has {rec.shape[1]} objectives but new has {row.size}")
+    _signs(maximize, row.size)  # validates maximize against M
+    return rec, row[None, :]
+
+
+def _ahead_of_last(q: np.ndarray) -> int:
+    """How many rows of the minimised, NaN-free ``q`` are ranked strictly ahead of its last row."""
+    ranks = nondominated_ranks(q, maximize=False)
+    mine = ranks[-1]
+    front = ranks == mine
+    span = q.max(axis=0) - q.min(axis=0)  # the rung's range per objective
+    dist = _value_crowding(q[front], span)  # the newcomer is the front's last row
+    return int((ranks < mine).sum() + (dist[:-1] > dist[-1]).sum())
+
+
+def _value_crowding(front: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """Crowding distance of each row of ``front`` (minimised, NaN-free) built on values, not sort order."""
+    dist = np.zeros(front.shape[0])
+    for column, width in zip(front.T, span, strict=True):
+        values = np.unique(column)  # sorted, distinct
+        if values.size == 1:
+            continue
+        where = np.searchsorted(values, column)
+        boundary = (where == 0) | (where == values.size - 1)
+        dist[boundary] = np.inf
+        if not np.isfinite(width):
+            continue
+        inner = ~boundary
+        gap = values[np.minimum(where + 1, values.size - 1)] - values[np.maximum(where - 1, 0)]
+        dist[inner] += gap[inner] / width
+    return dist

@@ -24,7 +24,7 @@ from .pareto import nondominated_ranks, pareto_mask
 from .storage import absolute, filesystem
 
 BASE_COLUMNS = ("trial_id", "status", "error", *OBJECTIVES, "checkpoint_path", "pareto", "pareto_rank", "run_id",
-                "finish_order", "model_uri")
+                "finish_order", "model_uri", "masking_gap", "masking_suspect")
 
 
 class TableError(ValueError):
@@ -45,6 +45,7 @@ class TrialRecord:
     run_id: str = ""  # its MLflow run, when known
     finish_order: float = math.nan  # 1 for the first trial to finish, ...
     model_uri: str = ""  # its logged MLflow model, when on the front
+    masking_gap: float = math.nan  # PGD minus the objective's robust accuracy, on the same images (final epoch)
     metrics: Mapping[str, Any] = field(default_factory=dict)  # other last-reported values (epoch, loss, ...)
 
 
@@ -88,6 +89,7 @@ def _row(rec: TrialRecord) -> dict[str, Any]:
         "clean_acc": _as_float(rec.clean_acc), "robust_acc": _as_float(rec.robust_acc),
         "checkpoint_path": rec.checkpoint_path, "pareto": False, "pareto_rank": -1, "run_id": rec.run_id,
         "finish_order": _as_float(rec.finish_order), "model_uri": rec.model_uri,
+        "masking_gap": _as_float(rec.masking_gap), "masking_suspect": False,
     }
     for key, value in sorted(rec.params.items()):
         row[f"{CONFIG_PREFIX}{key}"] = _plain(value)
@@ -97,11 +99,17 @@ def _row(rec: TrialRecord) -> dict[str, Any]:
     return row
 
 
-def trials_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
+def masking_suspect(gap: float, threshold: float | None) -> bool:
+    """Whether a trial's masking gap (PGD minus the objective's robust accuracy) exceeds the study's threshold."""
+    return threshold is not None and math.isfinite(gap) and gap > threshold
+
+
+def trials_table(records: Iterable[TrialRecord], masking_threshold: float | None = None) -> pd.DataFrame:
     """One row per record: :data:`BASE_COLUMNS`, then ``config/<dotted.key>`` columns, then the other metrics.
 
     ``pareto`` and ``pareto_rank`` are computed over the finished trials only (both objectives maximised): an
-    unfinished trial, or one with a NaN objective, is never on the front and has rank -1.
+    unfinished trial, or one with a NaN objective, is never on the front and has rank -1. ``masking_suspect`` is
+    :func:`masking_suspect` of the row's gap.
     """
     frame = pd.DataFrame([_row(r) for r in records])
     for column in BASE_COLUMNS:
@@ -112,7 +120,9 @@ def trials_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
         points[(frame["status"] != Status.FINISHED).to_numpy()] = np.nan
         frame["pareto"] = pareto_mask(points, list(MAXIMIZE))
         frame["pareto_rank"] = nondominated_ranks(points, list(MAXIMIZE))
+        frame["masking_suspect"] = [masking_suspect(g, masking_threshold) for g in frame["masking_gap"]]
     frame["pareto"] = frame["pareto"].astype(bool)
+    frame["masking_suspect"] = frame["masking_suspect"].astype(bool)
     frame["pareto_rank"] = frame["pareto_rank"].astype(int)
     rest = [c for c in frame.columns if c not in BASE_COLUMNS]
     config = sorted(c for c in rest if c.startswith(CONFIG_PREFIX))
@@ -176,8 +186,11 @@ def format_table(frame: pd.DataFrame, searched: Sequence[str] = ()) -> str:
     if frame.empty:
         return "no trials"
     cols = ["trial_id", "status", *OBJECTIVES, "pareto_rank"]
+    if frame["masking_gap"].notna().any():
+        cols += ["masking_gap", "masking"]
     cols += [f"{CONFIG_PREFIX}{k}" for k in searched if f"{CONFIG_PREFIX}{k}" in frame]
-    view = frame.assign(_order=frame["pareto_rank"].where(frame["pareto_rank"] >= 0, 10**9))
+    view = frame.assign(_order=frame["pareto_rank"].where(frame["pareto_rank"] >= 0, 10**9),
+                        masking=frame["masking_suspect"].map({True: "SUSPECT", False: ""}))
     view = view.sort_values(["_order", "clean_acc"], ascending=[True, False])[cols + ["error"]]
     view = view.rename(columns={c: c.removeprefix(CONFIG_PREFIX) for c in cols})
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60,
@@ -185,7 +198,21 @@ def format_table(frame: pd.DataFrame, searched: Sequence[str] = ()) -> str:
         table = view.to_string(index=False)
         front = frame[frame["pareto"]].sort_values("clean_acc", ascending=False)
         lines = [f"  {r.trial_id}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f}  {r.checkpoint_path}"
-                 for r in front.itertuples()]
+                 + ("  [gradient masking suspect]" if r.masking_suspect else "") for r in front.itertuples()]
     counts = frame["status"].value_counts().to_dict()
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     return "\n".join([f"Trials ({summary}):", table, f"Pareto front ({len(lines)} of {len(frame)}):", *lines])
+
+
+def epochs_summary(frame: pd.DataFrame) -> str:
+    """What early stopping saved: the trials stopped, and the trial-epochs trained against their full budgets."""
+    budget_col = f"{CONFIG_PREFIX}optim.epochs"
+    if frame.empty or budget_col not in frame or "epoch" not in frame:
+        return ""
+    started = frame[frame["status"] != Status.PENDING]
+    budget = pd.to_numeric(started[budget_col], errors="coerce").fillna(0)
+    trained = pd.to_numeric(started["epoch"], errors="coerce").fillna(0)
+    stopped = started["status"] == Status.STOPPED
+    saved = float((budget - trained)[stopped].sum())
+    return (f"early stopping: {int(stopped.sum())} of {len(started)} trials stopped at a rung; "
+            f"{trained.sum():g} trial-epochs trained of {budget.sum():g} full budgets ({saved:g} saved)")

@@ -1,13 +1,16 @@
 """Pick a model from a study's Pareto front under an accuracy constraint.
 
-    python -m orchestrator.select --experiment NAME [--tracking-uri URI] [--min-clean X | --min-robust Y] [--json]
+    python -m orchestrator.select --experiment NAME [--tracking-uri URI] [--min-clean X | --min-robust Y]
+                                  [--verified] [--json]
 
 * ``--min-clean X``: among front trials with ``clean_acc >= X``, the one with the highest ``robust_acc``;
 * ``--min-robust Y``: among front trials with ``robust_acc >= Y``, the one with the highest ``clean_acc``;
 * neither: the most robust front trial (highest ``robust_acc``).
 
 Ties go to the other objective, then to the smaller trial id. The front is read from the child runs' tags
-(``tags.pareto = 'true'``, written by :mod:`orchestrator.tracking`). Exit status: 0 with a choice, 1 when no front
+(``tags.pareto = 'true'``, written by :mod:`orchestrator.tracking`). With ``--verified`` the choice is made on the
+verified front instead (``tags.pareto_verified = 'true'``, written by ``orchestrator.verify``), with the test
+split's clean accuracy and AutoAttack accuracy as the two figures. Exit status: 0 with a choice, 1 when no front
 trial meets the constraint, 2 when the store, the experiment or its front is missing.
 """
 
@@ -22,7 +25,15 @@ from dataclasses import asdict, dataclass, field
 
 from mlflow import MlflowClient
 
-from .names import MODEL_ERROR_TAG, MODEL_URI_TAG, PARETO_TAG, RUN_KIND_TAG, TRIAL_TAG
+from .names import (
+    MODEL_ERROR_TAG,
+    MODEL_URI_TAG,
+    OBJECTIVES,
+    PARETO_TAG,
+    RUN_KIND_TAG,
+    TRIAL_TAG,
+    VERIFIED_TAG,
+)
 from .records import one_line_reason
 from .tracking import default_tracking_uri, store_problem
 
@@ -47,18 +58,33 @@ class SelectionError(RuntimeError):
     """The store, the experiment or its front is missing (exit status 2)."""
 
 
-def read_front(client: MlflowClient, experiment: str) -> list[FrontTrial]:
-    """The finished trials tagged ``pareto = 'true'`` in experiment ``experiment``."""
+VERIFIED_METRICS = ("test_clean_acc", "test_aa_acc")  # what orchestrator.verify logs on the test split
+
+
+class NotVerified(SelectionError):
+    """``--verified`` on a study none of whose trials has been verified yet."""
+
+
+def read_front(client: MlflowClient, experiment: str, *, verified: bool = False) -> list[FrontTrial]:
+    """The finished trials tagged ``pareto = 'true'`` (``pareto_verified = 'true'`` with ``verified``) in
+    experiment ``experiment``; with ``verified`` their figures are the test split's clean and AutoAttack
+    accuracy."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage != "active":
         raise SelectionError(f"no MLflow experiment named {experiment!r} in this store")
-    query = f"tags.{RUN_KIND_TAG} = 'trial' AND tags.{PARETO_TAG} = 'true' AND attributes.status = 'FINISHED'"
+    tag, (clean_key, robust_key) = (VERIFIED_TAG, VERIFIED_METRICS) if verified else (PARETO_TAG, OBJECTIVES)
+    if verified:
+        anything = client.search_runs([exp.experiment_id], f"tags.{VERIFIED_TAG} != ''", max_results=1)
+        if not anything:
+            raise NotVerified(f"study {experiment!r} has no verified figures yet: run python -m orchestrator.verify "
+                              f"--study <storage-path>/{experiment} (test split, AutoAttack) first")
+    query = f"tags.{RUN_KIND_TAG} = 'trial' AND tags.{tag} = 'true' AND attributes.status = 'FINISHED'"
     front = []
     for run in client.search_runs([exp.experiment_id], query, max_results=10_000):
         metrics, tags = run.data.metrics, run.data.tags
         front.append(FrontTrial(
             trial_id=tags.get(TRIAL_TAG, run.info.run_id), run_id=run.info.run_id,
-            clean_acc=float(metrics.get("clean_acc", math.nan)), robust_acc=float(metrics.get("robust_acc", math.nan)),
+            clean_acc=float(metrics.get(clean_key, math.nan)), robust_acc=float(metrics.get(robust_key, math.nan)),
             model_uri=tags.get(MODEL_URI_TAG, ""), model_error=tags.get(MODEL_ERROR_TAG, ""),
             params=dict(run.data.params)))
     return front
@@ -85,14 +111,15 @@ def _constraint(min_clean: float | None, min_robust: float | None) -> str:
     return "highest robust_acc (no constraint)"
 
 
-def _describe(choice: FrontTrial, experiment: str, uri: str, constraint: str, n_front: int) -> str:
+def _describe(choice: FrontTrial, experiment: str, uri: str, constraint: str, n_front: int, verified: bool) -> str:
     model = choice.model_uri or f"(none logged{': ' + choice.model_error if choice.model_error else ''})"
+    which = "verified front trials, test-split figures" if verified else "front trials, validation figures"
     lines = [
-        f"study:       {experiment} ({n_front} front trials; {constraint})",
+        f"study:       {experiment} ({n_front} {which}; {constraint})",
         f"trial_id:    {choice.trial_id}",
         f"run_id:      {choice.run_id}",
-        f"clean_acc:   {choice.clean_acc:.4f}",
-        f"robust_acc:  {choice.robust_acc:.4f}",
+        f"clean_acc:   {choice.clean_acc:.4f}" + ("  (test)" if verified else ""),
+        f"robust_acc:  {choice.robust_acc:.4f}" + ("  (test, AutoAttack)" if verified else ""),
         f"model_uri:   {model}",
     ]
     if choice.model_uri:
@@ -111,6 +138,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                        help="require clean_acc >= X; maximise robust_acc")
     group.add_argument("--min-robust", type=float, default=None, metavar="Y",
                        help="require robust_acc >= Y; maximise clean_acc")
+    parser.add_argument("--verified", action="store_true",
+                        help="choose on the verified front (test split, AutoAttack; see orchestrator.verify)")
     parser.add_argument("--json", action="store_true", help="print the choice as one JSON object")
     return parser.parse_args(argv)
 
@@ -124,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {problem}; run from the study's directory or pass --tracking-uri", file=sys.stderr)
         return EXIT_NOT_FOUND
     try:
-        front = read_front(MlflowClient(uri), args.experiment)
+        front = read_front(MlflowClient(uri), args.experiment, verified=args.verified)
     except SelectionError as exc:
         print(f"error: {exc} ({uri})", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -133,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_NOT_FOUND
     if not front:
-        print(f"error: study {args.experiment!r} has no finished trial on its Pareto front yet", file=sys.stderr)
+        which = "verified front" if args.verified else "Pareto front"
+        print(f"error: study {args.experiment!r} has no finished trial on its {which} yet", file=sys.stderr)
         return EXIT_NOT_FOUND
     constraint = _constraint(args.min_clean, args.min_robust)
     choice = choose(front, args.min_clean, args.min_robust)
@@ -145,9 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_NONE_QUALIFIES
     if args.json:
-        print(json.dumps({"experiment": args.experiment, "constraint": constraint, **asdict(choice)}, sort_keys=True))
+        print(json.dumps({"experiment": args.experiment, "constraint": constraint, "verified": args.verified,
+                          **asdict(choice)}, sort_keys=True))
     else:
-        print(_describe(choice, args.experiment, uri, constraint, len(front)))
+        print(_describe(choice, args.experiment, uri, constraint, len(front), args.verified))
     return 0
 
 

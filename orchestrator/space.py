@@ -12,11 +12,12 @@ Layout (every section but ``train`` and ``space`` optional)::
     scaling: {num_workers: 2, use_gpu: false, cpus_per_worker: 0.5, gpus_per_worker: 0,
               placement_strategy: PACK}   # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (a trial's workers)
     search: {sampler: tpe, seed: 0, num_samples: 8, max_concurrent: 0, enqueue_defaults: true,
-             sampler_options: {}}
+             sampler_options: {}, masking_threshold: 0.1,
+             scheduler: {type: moasha, grace_period: 1, reduction_factor: 3}}   # or {type: fifo}
     space:                                # dotted TrainConfig key -> range
       arat.gamma: {low: 1, high: 300, log: true}
       attack.steps: {low: 3, high: 10, type: int}
-      arat.predictor_ratio: {choices: [0, 0.25, 0.5, 1.0]}
+      arat.predictor_ratio: {choices: [0, 0.25, 0.5, 1.0]}  # width max(1, int(r * d)); 0 = none
     failure: {max_failures: 1, train_max_failures: 2}
     debug: {fail_trials: []}              # test hook: 0-based trial indices that fail after their first epoch
 """
@@ -124,6 +125,20 @@ class Scaling:
         return res
 
 
+SCHEDULERS = ("fifo", "moasha")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """How trials are stopped early: ``fifo`` never stops one; ``moasha`` stops a trial at a rung
+    (``grace_period * reduction_factor**k`` epochs, below the trial's ``optim.epochs``) unless it ranks in the top
+    ``1 / reduction_factor`` of the trials recorded there (:mod:`orchestrator.moasha`)."""
+
+    type: str = "fifo"
+    grace_period: int = 1  # epochs before the first rung
+    reduction_factor: float = 3.0  # eta: rungs eta apart, the top 1 / eta continue
+
+
 @dataclass(frozen=True)
 class Search:
     sampler: str = "tpe"
@@ -132,6 +147,10 @@ class Search:
     max_concurrent: int = 0  # 0 = as many trials as the cluster's resources fit
     enqueue_defaults: bool = True
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # A finished trial whose masking_gap (PGD minus the objective's robust accuracy, on the same images) exceeds
+    # this is tagged gradient_masking_suspect: PGD's gradients mislead on it.
+    masking_threshold: float = 0.1
+    scheduler: Scheduler = Scheduler()
 
 
 @dataclass(frozen=True)
@@ -178,7 +197,8 @@ class StudySpec:
             "description": self.description,
             "train": copy.deepcopy(self.train),
             "scaling": vars(self.scaling).copy(),
-            "search": {**vars(self.search), "sampler_options": dict(self.search.sampler_options)},
+            "search": {**vars(self.search), "sampler_options": dict(self.search.sampler_options),
+                       "scheduler": vars(self.search.scheduler).copy()},
             "space": {k: r.to_yaml() for k, r in self.space.items()},
             "failure": vars(self.failure).copy(),
             "debug": {"fail_trials": list(self.debug.fail_trials)},
@@ -264,6 +284,9 @@ def smoke(raw: Mapping[str, Any]) -> dict[str, Any]:
     search = out.setdefault("search", {})
     if isinstance(search, dict):
         search["num_samples"] = min(_int_or(search.get("num_samples"), 3), 3)
+        scheduler = search.get("scheduler")
+        if isinstance(scheduler, dict) and scheduler.get("type") == "moasha":  # a rung below the shrunk budget
+            scheduler["grace_period"] = min(_int_or(scheduler.get("grace_period"), 1), optim["epochs"] - 1) or 1
     return out
 
 
@@ -317,6 +340,7 @@ def validate(raw: Mapping[str, Any], *, base_dir: str | Path | None = None) -> S
                 raise SpecError("search.enqueue_defaults",
                                 f"the default {key} = {value!r} lies outside space.{key} {space[key].describe()}; "
                                 "widen the range, set train." + key + " inside it, or set enqueue_defaults: false")
+    _check_scheduler(spec, cfg)
     make_sampler(search)  # sampler options are checked by building the sampler once
     return spec
 
@@ -405,8 +429,8 @@ def _scaling(data: dict[str, Any], cfg: TrainConfig) -> Scaling:
 
 
 def _search(data: dict[str, Any]) -> Search:
-    _check_keys(data, ("sampler", "seed", "num_samples", "max_concurrent", "enqueue_defaults", "sampler_options"),
-                "search")
+    _check_keys(data, ("sampler", "seed", "num_samples", "max_concurrent", "enqueue_defaults", "sampler_options",
+                       "masking_threshold", "scheduler"), "search")
     sampler = data.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise SpecError("search.sampler", f"allowed: {', '.join(SAMPLERS)}; got {sampler!r}")
@@ -423,8 +447,39 @@ def _search(data: dict[str, Any]) -> Search:
     _at_most(max_concurrent, MAX_CONCURRENT, "search.max_concurrent", 0, " (0 = what the cluster fits)")
     enqueue = _bool(data.get("enqueue_defaults", True), "search.enqueue_defaults")
     options = _mapping(data.get("sampler_options"), "search.sampler_options")
+    masking = float(_number(data.get("masking_threshold", 0.1), "search.masking_threshold"))
+    if not 0 <= masking <= 1:
+        raise SpecError("search.masking_threshold", f"must be in [0, 1] (an accuracy difference), got {masking}")
     return Search(sampler=sampler, seed=seed, num_samples=num_samples, max_concurrent=max_concurrent,
-                  enqueue_defaults=enqueue, sampler_options=options)
+                  enqueue_defaults=enqueue, sampler_options=options, masking_threshold=masking,
+                  scheduler=_scheduler(_mapping(data.get("scheduler"), "search.scheduler")))
+
+
+def _scheduler(data: dict[str, Any]) -> Scheduler:
+    _check_keys(data, ("type", "grace_period", "reduction_factor"), "search.scheduler")
+    kind = data.get("type", "fifo")
+    if kind not in SCHEDULERS:
+        raise SpecError("search.scheduler.type", f"allowed: {', '.join(SCHEDULERS)}; got {kind!r}")
+    grace = _number(data.get("grace_period", 1), "search.scheduler.grace_period", integer=True)
+    if grace < 1:
+        raise SpecError("search.scheduler.grace_period", f"must be >= 1 (epochs before the first rung), got {grace}")
+    eta = float(_number(data.get("reduction_factor", 3), "search.scheduler.reduction_factor"))
+    if eta < 2:
+        raise SpecError("search.scheduler.reduction_factor", f"must be >= 2 (eta: the top 1/eta continue), got {eta:g}")
+    return Scheduler(type=kind, grace_period=grace, reduction_factor=eta)
+
+
+def _check_scheduler(spec: StudySpec, cfg: TrainConfig) -> None:
+    """A rung must come before the end of every trial's budget, and every trial must have the same budget."""
+    s = spec.search.scheduler
+    if s.type == "fifo":
+        return
+    if "optim.epochs" in spec.space:
+        raise SpecError("space.optim.epochs", "cannot be searched with search.scheduler.type: moasha (its rungs "
+                                              "need one budget for every trial); fix train.optim.epochs or use fifo")
+    if s.grace_period >= cfg.optim.epochs:
+        raise SpecError("search.scheduler.grace_period", f"must be below the trial's epochs (train.optim.epochs = "
+                        f"{cfg.optim.epochs}), got {s.grace_period}; lower it or use type: fifo")
 
 
 def _failure(data: dict[str, Any]) -> Failure:

@@ -56,6 +56,7 @@ from .names import (
     FINISH_ORDER_TAG,
     FROM_MLFLOW,
     INTERRUPTED_TAG,
+    MASKING_TAG,
     MAXIMIZE,
     MODEL_ERROR_TAG,
     MODEL_URI_TAG,
@@ -64,7 +65,9 @@ from .names import (
     PARETO_TAG,
     RANK_TAG,
     RUN_KIND_TAG,
+    STOPPED_AT_TAG,
     STUDY_TAG,
+    TRIAL_STATUS_TAG,
     TRIAL_TAG,
     Status,
 )
@@ -160,6 +163,7 @@ class _Trial:
     params: dict[str, str] = field(default_factory=dict)
     clean_acc: float = math.nan
     robust_acc: float = math.nan
+    masking_gap: float = math.nan
     finish_order: int | None = None
     last_step: int | None = None
     last_logged: dict[str, float] = field(default_factory=dict)  # metrics logged at last_step
@@ -167,6 +171,7 @@ class _Trial:
     model_uri: str = ""
     has_failure_tag: bool = False
     has_interrupted_tag: bool = False
+    stopped: bool = False  # ended early by the scheduler (its MLflow run is FINISHED, tag trial_status STOPPED)
 
 
 class StudyTracker:
@@ -187,6 +192,7 @@ class StudyTracker:
         seed: int,
         code_version: str,
         reference_point: Sequence[float] = (0.0, 0.0),
+        masking_threshold: float | None = None,
     ) -> None:
         if not study_name:
             raise ValueError("study_name must not be empty")
@@ -200,6 +206,7 @@ class StudyTracker:
         self.seed = seed
         self.code_version = code_version
         self.reference_point = (float(reference_point[0]), float(reference_point[1]))
+        self.masking_threshold = masking_threshold
         self.experiment_id = ""
         self.parent_run_id = ""
         self._trials: dict[str, _Trial] = {}
@@ -228,7 +235,7 @@ class StudyTracker:
         self._require_started()
         for trial in self._trials.values():
             if trial.status == "RUNNING":
-                self._log_tags(trial.run_id, {INTERRUPTED_TAG: "true"})
+                self._log_tags(trial.run_id, {INTERRUPTED_TAG: "true", TRIAL_STATUS_TAG: Status.INTERRUPTED})
                 self.client.set_terminated(trial.run_id, "KILLED")
                 trial.status, trial.has_interrupted_tag = "KILLED", True
         self._publish(new_finished=False)  # the report's table shows them INTERRUPTED
@@ -240,7 +247,8 @@ class StudyTracker:
         """What :meth:`from_settings` needs to make this tracker again (in another process)."""
         return {"tracking_uri": self.tracking_uri, "study_name": self.study_name, "space_yaml": self.space_yaml,
                 "params": self.params, "sampler": self.sampler, "seed": self.seed,
-                "code_version": self.code_version, "reference_point": list(self.reference_point)}
+                "code_version": self.code_version, "reference_point": list(self.reference_point),
+                "masking_threshold": self.masking_threshold}
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], tracking_uri: str | None = None) -> StudyTracker:
@@ -332,10 +340,12 @@ class StudyTracker:
             self._trials[trial_id] = _Trial(
                 run_id=run.info.run_id, status=run.info.status, params=dict(run.data.params),
                 clean_acc=metrics.get("clean_acc", math.nan), robust_acc=metrics.get("robust_acc", math.nan),
+                masking_gap=metrics.get("masking_gap", math.nan),
                 finish_order=int(order) if order is not None else None,
-                tags={k: tags[k] for k in (PARETO_TAG, RANK_TAG) if k in tags},
+                tags={k: tags[k] for k in (PARETO_TAG, RANK_TAG, MASKING_TAG) if k in tags},
                 model_uri=tags.get(MODEL_URI_TAG, ""), has_failure_tag=FAILURE_TAG in tags,
                 has_interrupted_tag=INTERRUPTED_TAG in tags,
+                stopped=tags.get(TRIAL_STATUS_TAG) == Status.STOPPED,
             )
         log.info("study %r: reusing parent run %s with %d trial run(s)", self.study_name, self.parent_run_id,
                  len(self._trials))
@@ -358,6 +368,7 @@ class StudyTracker:
             if trial.has_interrupted_tag:
                 self.client.delete_tag(trial.run_id, INTERRUPTED_TAG)
                 trial.has_interrupted_tag = False
+            self._log_tags(trial.run_id, {TRIAL_STATUS_TAG: Status.RUNNING})
             trial.status = "RUNNING"
         self._log_params(trial.run_id, flatten(config), trial.params)
         return trial.run_id
@@ -374,7 +385,8 @@ class StudyTracker:
         """Whether a trial finishing with ``final`` metrics would be on the front (so its model gets logged)."""
         values = numeric_metrics(final)
         candidate = [values.get(k, math.nan) for k in OBJECTIVES]
-        finished = [[t.clean_acc, t.robust_acc] for t in self._trials.values() if t.status == FINISHED]
+        finished = [[t.clean_acc, t.robust_acc] for t in self._trials.values()
+                    if t.status == FINISHED and not t.stopped]
         return bool(pareto_mask(np.array([*finished, candidate]), list(MAXIMIZE))[-1])
 
     def trial_completed(self, trial_id: str, final: Mapping[str, Any], checkpoint_path: str | Path | None) -> None:
@@ -384,25 +396,41 @@ class StudyTracker:
         ``checkpoint_path`` is a local ``checkpoint.pt`` or the directory holding it, or None.
         """
         trial = self._trial(trial_id)
-        values = numeric_metrics(final)
-        step = trial.last_step if trial.last_step is not None else int(values.get("epoch", 0))
-        unlogged = {k: v for k, v in values.items() if trial.last_logged.get(k) != v or step != trial.last_step}
-        self._log_metrics(trial.run_id, unlogged, step)
-        trial.last_step, trial.last_logged = step, {**trial.last_logged, **unlogged}
         on_front = self.needs_checkpoint(final)
-        trial.clean_acc = values.get("clean_acc", math.nan)
-        trial.robust_acc = values.get("robust_acc", math.nan)
+        self._log_final(trial, final)
         if math.isnan(trial.clean_acc) or math.isnan(trial.robust_acc):
             log.warning("trial %s finished without finite clean_acc and robust_acc; it cannot be on the front",
                         trial_id)
         if trial.finish_order is None:
             trial.finish_order = 1 + max((t.finish_order or 0 for t in self._trials.values()), default=0)
-        self._log_tags(trial.run_id, {FINISH_ORDER_TAG: str(trial.finish_order)})
+        self._log_tags(trial.run_id, {FINISH_ORDER_TAG: str(trial.finish_order), TRIAL_STATUS_TAG: Status.FINISHED})
         self.client.set_terminated(trial.run_id, FINISHED)
         trial.status = FINISHED
         if on_front and checkpoint_path is not None and not trial.model_uri:
             self._log_model(trial_id, trial, checkpoint_path)
         self._publish(new_finished=True)
+
+    def trial_stopped(self, trial_id: str, final: Mapping[str, Any]) -> None:
+        """End the run of a trial the scheduler stopped at epoch ``final["epoch"]``: tagged ``trial_status``
+        ``STOPPED`` and ``stopped_at_epoch``, never on the front (its figures are not final ones)."""
+        trial = self._trial(trial_id)
+        self._log_final(trial, final)
+        epoch = numeric_metrics(final).get("epoch", math.nan)
+        self._log_tags(trial.run_id, {TRIAL_STATUS_TAG: Status.STOPPED, STOPPED_AT_TAG: f"{epoch:g}"})
+        self.client.set_terminated(trial.run_id, FINISHED)
+        trial.status, trial.stopped = FINISHED, True
+        self._publish(new_finished=False)
+
+    def _log_final(self, trial: _Trial, final: Mapping[str, Any]) -> None:
+        """Log what of a trial's last result is not logged yet, and keep its objectives."""
+        values = numeric_metrics(final)
+        step = trial.last_step if trial.last_step is not None else int(values.get("epoch", 0))
+        unlogged = {k: v for k, v in values.items() if trial.last_logged.get(k) != v or step != trial.last_step}
+        self._log_metrics(trial.run_id, unlogged, step)
+        trial.last_step, trial.last_logged = step, {**trial.last_logged, **unlogged}
+        trial.clean_acc = values.get("clean_acc", math.nan)
+        trial.robust_acc = values.get("robust_acc", math.nan)
+        trial.masking_gap = values.get("masking_gap", math.nan)
 
     def trial_failed(self, trial_id: str, reason: str) -> None:
         """End the trial's run as ``FAILED``: tag ``failure_reason`` is the reason in one line (the last line of a
@@ -410,7 +438,7 @@ class StudyTracker:
         trial = self._trial(trial_id)
         text = reason.strip() or "unknown error"
         self.client.log_text(trial.run_id, text + "\n", FAILURE_ARTIFACT)
-        self._log_tags(trial.run_id, {FAILURE_TAG: one_line_reason(text)})
+        self._log_tags(trial.run_id, {FAILURE_TAG: one_line_reason(text), TRIAL_STATUS_TAG: Status.FAILED})
         self.client.set_terminated(trial.run_id, "FAILED")
         trial.status, trial.has_failure_tag = "FAILED", True
         self._publish(new_finished=False)
@@ -449,14 +477,16 @@ class StudyTracker:
             self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()])
 
     def _records(self) -> list[TrialRecord]:
-        return [TrialRecord(trial_id=tid, run_id=t.run_id, status=FROM_MLFLOW[t.status],
+        return [TrialRecord(trial_id=tid, run_id=t.run_id, status=Status.STOPPED if t.stopped else FROM_MLFLOW[t.status],
                             finish_order=t.finish_order if t.finish_order is not None else math.nan,
-                            clean_acc=t.clean_acc, robust_acc=t.robust_acc, model_uri=t.model_uri, params=t.params)
+                            clean_acc=t.clean_acc, robust_acc=t.robust_acc, model_uri=t.model_uri, params=t.params,
+                            masking_gap=t.masking_gap)
                 for tid, t in self._trials.items()]
 
     def _publish(self, new_finished: bool) -> None:
         """Re-tag changed children, log the parent's front metrics and rewrite the report artifacts."""
-        data = build_front(self._records(), self.reference_point, title=f"Study {self.study_name}")
+        data = build_front(self._records(), self.reference_point, title=f"Study {self.study_name}",
+                           masking_threshold=self.masking_threshold)
         for row in data.trials.itertuples():
             if row.status == Status.RUNNING:
                 continue  # tagged when it ends
@@ -464,6 +494,8 @@ class StudyTracker:
             want = {PARETO_TAG: "true" if row.pareto else "false"}
             if row.status == Status.FINISHED:
                 want[RANK_TAG] = str(int(row.pareto_rank))
+                if math.isfinite(row.masking_gap):
+                    want[MASKING_TAG] = "true" if row.masking_suspect else "false"
             changed = {k: v for k, v in want.items() if trial.tags.get(k) != v}
             if changed:
                 self._log_tags(trial.run_id, changed)

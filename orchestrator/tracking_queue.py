@@ -46,7 +46,7 @@ MAX_DRAIN_S = 30 * 60.0  # the most close() waits for a reachable store to take 
 WAIT_ENV = "ARAT_MLFLOW_WAIT_S"  # how long close() waits for an unreachable store; default 60 s
 _PENDING_DONE = "pending_written"  # internal record: the pending file's records are all written
 
-KINDS = ("trial_started", "trial_result", "trial_completed", "trial_failed", "study_ended")
+KINDS = ("trial_started", "trial_result", "trial_completed", "trial_stopped", "trial_failed", "study_ended")
 
 
 def quick_http_failures() -> None:
@@ -75,6 +75,8 @@ def apply(tracker: StudyTracker, record: Mapping[str, Any]) -> None:
         tracker.trial_result(trial_id, record["metrics"], int(record["step"]), record.get("time_ms"))
     elif kind == "trial_completed":
         _completed(tracker, trial_id, record["final"], str(record.get("checkpoint_path") or ""))
+    elif kind == "trial_stopped":
+        tracker.trial_stopped(trial_id, record["final"])
     elif kind == "trial_failed":
         tracker.trial_failed(trial_id, record["error"])
     elif kind == "study_ended":
@@ -100,7 +102,7 @@ def describe(records: Iterable[Mapping[str, Any]]) -> str:
     records = list(records)
     counts = Counter(r["kind"] for r in records)
     words = {"trial_started": "trial start", "trial_result": "epoch result", "trial_completed": "trial end",
-             "trial_failed": "trial failure", "study_ended": "study end"}
+             "trial_stopped": "trial stopped early", "trial_failed": "trial failure", "study_ended": "study end"}
     parts = [f"{n} {words.get(k, k)}{'s' if n != 1 else ''}" for k, n in counts.items()]
     trials = sorted({str(r["trial_id"]) for r in records if r.get("trial_id")})
     shown = ", ".join(trials[:10]) + (", ..." if len(trials) > 10 else "")

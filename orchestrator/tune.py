@@ -31,7 +31,14 @@ from arat_train.config import flatten
 from orchestrator import interrupt
 from orchestrator.capacity import check_cluster, check_local_gpus
 from orchestrator.names import OBJECTIVES, Status
-from orchestrator.records import TableError, finished, format_table, read_trials_table, table_path
+from orchestrator.records import (
+    TableError,
+    epochs_summary,
+    finished,
+    format_table,
+    read_trials_table,
+    table_path,
+)
 from orchestrator.space import SpecError, StudySpec, make_sampler, optuna_space
 from orchestrator.study import DEFAULT_PRESET, REPO, Study, plan_study
 
@@ -90,8 +97,20 @@ def connect(study: Study, autoscaling: bool = False) -> int:
         raise
 
 
-def make_callbacks(study: Study) -> list[Any]:
-    """The study's Tune callbacks: the trials table, and MLflow tracking from the driver (the one writer)."""
+def make_scheduler(spec: StudySpec) -> Any:
+    """The trial scheduler of ``search.scheduler``: None (Tune's FIFO, every trial runs its budget) or MOASHA."""
+    s = spec.search.scheduler
+    if s.type == "fifo":
+        return None
+    from orchestrator.moasha import MOASHA
+
+    return MOASHA(max_t=spec.train_config({}).optim.epochs, grace_period=s.grace_period,
+                  reduction_factor=s.reduction_factor)
+
+
+def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
+    """The study's Tune callbacks: the trials table, MLflow tracking from the driver (the one writer), and the
+    scheduler's state (Ray saves callbacks with the experiment, never the scheduler)."""
     from orchestrator.tracking import StudyTracker, code_version
     from orchestrator.tune_callbacks import MLflowTuneCallback, StopSignalCallback, TrialsTableCallback
 
@@ -99,15 +118,18 @@ def make_callbacks(study: Study) -> list[Any]:
     tracker = StudyTracker(
         study.tracking_uri, study.name, space_yaml=yaml.safe_dump(spec, sort_keys=False),
         params={k: v for k, v in flatten(spec).items() if k != "description"},
-        sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version())
-    return [StopSignalCallback(), TrialsTableCallback(study.path), MLflowTuneCallback(tracker, study.path)]
+        sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version(),
+        masking_threshold=study.spec.search.masking_threshold)
+    callbacks = [StopSignalCallback(), TrialsTableCallback(study.path, study.spec.search.masking_threshold),
+                 MLflowTuneCallback(tracker, study.path)]
+    return callbacks + ([scheduler.state_callback()] if scheduler is not None else [])
 
 
 def build_tuner(study: Study, concurrency: int) -> Any:
     """A new Tuner for ``study``, or the restored one with ``--resume`` (whose callbacks were stored with it)."""
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
+    from orchestrator.searcher import BudgetOptunaSearch
     from orchestrator.trainable import StudyContext, run_trial, trial_name
 
     spec: StudySpec = study.spec
@@ -123,20 +145,23 @@ def build_tuner(study: Study, concurrency: int) -> Any:
     if study.resume:
         return tune.Tuner.restore(study.path, trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    searcher = OptunaSearch(
+    searcher = BudgetOptunaSearch(  # a trial stopped before its epochs reaches Optuna as PRUNED
         space=optuna_space(spec),
         metric=list(OBJECTIVES), mode=["max", "max"],  # on the searcher only: a TuneConfig metric makes it 1-D
         points_to_evaluate=[spec.default_point()] if spec.search.enqueue_defaults else None,
         sampler=make_sampler(spec.search),
         study_name=study.name,
+        budget_param="optim.epochs",
     )
+    scheduler = make_scheduler(spec)
     return tune.Tuner(
         trainable,
         param_space={k: v for k, v in spec.fixed_flat().items() if k not in spec.space},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.search.num_samples,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.search.num_samples,
                                     max_concurrent_trials=concurrency, trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(name=study.name, storage_path=study.storage_path, callbacks=make_callbacks(study),
+        run_config=tune.RunConfig(name=study.name, storage_path=study.storage_path,
+                                  callbacks=make_callbacks(study, scheduler),
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures)),
     )
 
@@ -150,10 +175,12 @@ def report(study: Study) -> int:
         print(f"no trials table: {err}", flush=True)
         return interrupted(study, 0) if interrupt.received() else 1
     print(format_table(frame, list(study.spec.space)), flush=True)
+    if study.spec.search.scheduler.type != "fifo":
+        print(epochs_summary(frame), flush=True)
     print(f"trials table: {table_path(study.path)}", flush=True)
-    stopped = int((frame["status"] == Status.INTERRUPTED).sum())
-    if stopped or interrupt.received():
-        return interrupted(study, stopped)
+    n_interrupted = int((frame["status"] == Status.INTERRUPTED).sum())
+    if n_interrupted or interrupt.received():
+        return interrupted(study, n_interrupted)
     if finished(frame).empty:
         return 1
     # The search ranked by PGD on the validation split: the next step is the test split and AutoAttack.
@@ -162,10 +189,10 @@ def report(study: Study) -> int:
     return 0
 
 
-def interrupted(study: Study, stopped: int) -> int:
+def interrupted(study: Study, n_interrupted: int) -> int:
     """Say that a stop signal ended the study and how to continue it; the exit status."""
     signal_name = interrupt.received() or "a stop signal"
-    print(f"study {study.name} interrupted by {signal_name}: {stopped} trial(s) INTERRUPTED; their last "
+    print(f"study {study.name} interrupted by {signal_name}: {n_interrupted} trial(s) INTERRUPTED; their last "
           f"checkpoints are kept", flush=True)
     print(f"resume it: {study.resume_command()}", flush=True)
     return EXIT_INTERRUPTED

@@ -65,15 +65,27 @@ def status_at_end(trial: Trial, ended: Mapping[str, Status]) -> Status:
     return Status.INTERRUPTED
 
 
+def stopped_early(trial: Trial) -> bool:
+    """Whether a trial's last result is from before its budget (``epoch < optim.epochs``): the scheduler stopped
+    it. The same rule tells Optuna PRUNED (:class:`orchestrator.searcher.BudgetOptunaSearch`)."""
+    epoch, budget = (trial.last_result or {}).get("epoch"), (trial.config or {}).get("optim.epochs")
+    return isinstance(epoch, int | float) and isinstance(budget, int | float) and epoch < budget
+
+
 def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord:
-    """The record of a Ray Tune trial: its status (``status`` when given), last result, config and error."""
+    """The record of a Ray Tune trial: its status (``status`` when given), last result, config and error.
+
+    A trial that ended normally before its budget is ``STOPPED``, not ``FINISHED``."""
     last = dict(trial.last_result or {})
     status = status or FROM_TUNE.get(str(trial.status), Status.PENDING)
+    if status == Status.FINISHED and stopped_early(trial):
+        status = Status.STOPPED
     return TrialRecord(
         trial_id=str(trial.trial_id), status=status,
         clean_acc=last.get(OBJECTIVES[0], float("nan")), robust_acc=last.get(OBJECTIVES[1], float("nan")),
         params=dict(trial.config or {}), checkpoint_path=str(last.get("checkpoint_path") or ""),
         error=one_line_reason(error_text(trial)) if status == Status.FAILED else "",
+        masking_gap=last.get("masking_gap", float("nan")),
         metrics={k: v for k, v in last.items() if k not in _NOT_METRICS and k not in OBJECTIVES},
     )
 
@@ -81,8 +93,9 @@ def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord
 class TrialsTableCallback(Callback):
     """Keep ``<study_dir>/trials.parquet`` current: rewritten when a trial ends and when the study ends."""
 
-    def __init__(self, study_dir: str) -> None:
+    def __init__(self, study_dir: str, masking_threshold: float | None = None) -> None:
         self.study_dir = study_dir
+        self.masking_threshold = masking_threshold
         self.ended: dict[str, Status] = {}  # trials whose end this session saw
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -91,7 +104,7 @@ class TrialsTableCallback(Callback):
     def write(self, trials: Sequence[Trial], ended: Mapping[str, Status] | None = None) -> str:
         """Write the table of ``trials``; ``ended`` gives the status of trials whose end Tune is recording."""
         ended = ended or {}
-        frame = trials_table([record_from_trial(t, ended.get(t.trial_id)) for t in trials])
+        frame = trials_table([record_from_trial(t, ended.get(t.trial_id)) for t in trials], self.masking_threshold)
         return write_trials_table(frame, self.study_dir)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -180,10 +193,13 @@ class MLflowTuneCallback(Callback):
                            step=_result_step(result), time_ms=int(time.time() * 1000))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        """Finish the trial's run, update the front, and log the model of a front trial."""
+        """Finish the trial's run, update the front, and log the model of a front trial (or record its stop)."""
         self._ensure_trial(trial)
         self._ended[trial.trial_id] = Status.FINISHED
         final = dict(trial.last_result or {})
+        if stopped_early(trial):
+            self._writer().put("trial_stopped", trial_id=trial.trial_id, final=numeric_metrics(final))
+            return
         uri = final.get("checkpoint_path")
         self._writer().put("trial_completed", trial_id=trial.trial_id, final=numeric_metrics(final),
                            checkpoint_path=uri if isinstance(uri, str) else "")

@@ -1,14 +1,22 @@
-"""Verify a study's Pareto front on the held-back split: clean, PGD and AutoAttack accuracy of each front model.
+"""Verify a study's Pareto front on the held-back split: clean, PGD and AutoAttack accuracy of each front model,
+and the front those figures make.
 
     python -m orchestrator.verify --study runs/NAME [--trials front|all|ID,ID] [--split test|val]
                                   [--version standard|cheap] [--n-examples N] [--tracking-uri URI]
 
-The search ranks trials by PGD on the validation split; PGD over-states robustness, and the test split is kept
-for the chosen models' final figures (docs/design.md, "Verification"). For each selected trial this loads its last checkpoint (from
-the study's ``trials.parquet``; local or a URI such as s3://), evaluates the adv-BN branch on ``--split`` with the
-study's evaluation threat model: clean, PGD (the eval attack), AutoAttack (``standard`` by default). It writes
-``<study>/verified.csv``, logs ``<split>_clean_acc``, ``<split>_robust_acc`` and ``<split>_aa_acc`` to each
-trial's MLflow run (experiment = study name), and prints a table with the search figures beside them.
+The search ranks trials on the validation split; the test split is kept for the chosen models' final figures
+(docs/design.md, "Verification"). For each selected trial this loads its last checkpoint (from the study's
+``trials.parquet``; local or a URI such as s3://), evaluates the adv-BN branch on ``--split`` with the study's
+evaluation threat model: clean, PGD (the eval attack), AutoAttack (``standard`` by default). It adds the figures to
+``<study>/verified.csv`` (a trial verified again replaces its row), logs ``<split>_clean_acc``,
+``<split>_robust_acc`` and ``<split>_aa_acc`` to each trial's MLflow run (experiment = study name), and prints a
+table with the search figures beside them.
+
+On the test split it then computes the **verified front** over (test clean, test AutoAttack) of every trial
+verified so far with that AutoAttack version, tags their runs ``pareto_verified`` (``true``/``false``) and
+``pareto_verified_rank`` (rewritten, never duplicated, when more trials are verified), writes
+``verified_front.png`` and ``verified_front.html`` next to the table and to the study's run (``pareto/``), and
+prints both fronts and the trials that left the front.
 
 Exit status: 0 when every selected trial was verified, 1 when some could not be (their error is in the table),
 2 for bad input (no study, no such trial, a bad option, an MLflow store or experiment that is not there), before any
@@ -21,15 +29,26 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+from mlflow import MlflowClient
 
-from orchestrator.names import RUN_KIND_TAG, TRIAL_TAG, VERIFIED_TABLE, Status
+from orchestrator.names import (
+    RUN_KIND_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    VERIFIED_RANK_TAG,
+    VERIFIED_TABLE,
+    VERIFIED_TAG,
+    Status,
+)
 from orchestrator.records import TableError, read_trials_table
-from orchestrator.storage import absolute, local_dir, write_text
+from orchestrator.report import VerifiedFront, build_verified_front, write_verified
+from orchestrator.storage import absolute, exists, local_dir, read_text, write_text
 from orchestrator.tracking import default_tracking_uri
 
 log = logging.getLogger("orchestrator.verify")
@@ -122,8 +141,9 @@ def select_trials(frame: pd.DataFrame, which: str) -> pd.DataFrame:
     return chosen.sort_values(["clean_acc", "trial_id"], ascending=[False, True])
 
 
-def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
-    """Clean, PGD (the study's eval attack) and AutoAttack accuracy of one trial's last checkpoint."""
+def verify_trial(row: pd.Series, args: argparse.Namespace, say: Callable[[str], None] = lambda _: None) -> Verified:
+    """Clean, PGD (the study's eval attack) and AutoAttack accuracy of one trial's last checkpoint; ``say`` gets a
+    progress line after each attack."""
     import torch
 
     from arat_train.checkpoint import CHECKPOINT_NAME
@@ -148,7 +168,10 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
             torch.set_num_threads(args.threads)
         pgd = pgd_accuracy(model, data.x, data.y, steps=ev.steps, step_size=ev.step, restarts=ev.restarts,
                            **common)
-        aa = autoattack_accuracy(model, data.x, data.y, version=args.version, **common)
+        say(f"clean {pgd.clean_acc:.4f}, {pgd.attack} {pgd.robust_acc:.4f} on {pgd.n_examples} {args.split} images "
+            f"({pgd.seconds:.1f} s); AutoAttack {args.version}:")
+        aa = autoattack_accuracy(model, data.x, data.y, version=args.version, **common,
+                                 on_attack=lambda line: say(f"  {line}"))
     except Exception as err:  # one unreadable checkpoint must not stop the others
         log.warning("trial %s: %s", out.trial_id, err)
         out.error = f"{type(err).__name__}: {err}"
@@ -158,17 +181,27 @@ def verify_trial(row: pd.Series, args: argparse.Namespace) -> Verified:
     return out
 
 
-def log_to_mlflow(results: Sequence[Verified], study_name: str, uri: str, split: str, version: str) -> int:
-    """Log each verified trial's figures to its MLflow run; return how many runs were found."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
+def _trial_runs(client: MlflowClient, study_name: str) -> tuple[str, dict[str, str]]:
+    """(the study's parent run id or "", trial id -> run id) in the study's experiment."""
     exp = client.get_experiment_by_name(study_name)
     if exp is None:
-        log.warning("no MLflow experiment %r at %s: figures not logged there", study_name, uri)
+        return "", {}
+    runs = client.search_runs([exp.experiment_id], f"tags.{RUN_KIND_TAG} != ''", max_results=10_000)
+    parent = next((r.info.run_id for r in runs if r.data.tags.get(RUN_KIND_TAG) == "study"
+                   and r.data.tags.get(STUDY_TAG) == study_name), "")
+    return parent, {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if r.data.tags.get(RUN_KIND_TAG) == "trial"
+                    and TRIAL_TAG in r.data.tags}
+
+
+def log_to_mlflow(results: Sequence[Verified], study_name: str, uri: str, split: str, version: str,
+                  front: VerifiedFront | None = None, report_dir: str | None = None) -> int:
+    """Log each verified trial's figures to its MLflow run, and the verified front's tags and plots when given;
+    return how many trial runs were found."""
+    client = MlflowClient(uri)
+    parent, by_trial = _trial_runs(client, study_name)
+    if not by_trial:
+        log.warning("no MLflow experiment %r with trial runs at %s: figures not logged there", study_name, uri)
         return 0
-    runs = client.search_runs([exp.experiment_id], f"tags.{RUN_KIND_TAG} = 'trial'", max_results=10_000)
-    by_trial = {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in runs}
     found = 0
     for r in results:
         run_id = by_trial.get(r.trial_id)
@@ -180,14 +213,52 @@ def log_to_mlflow(results: Sequence[Verified], study_name: str, uri: str, split:
         client.set_tag(run_id, f"{split}_aa_version", version)
         client.set_tag(run_id, f"{split}_examples", str(r.n_examples))
         found += 1
+    if front is not None:
+        for row in front.trials.itertuples():
+            run_id = by_trial.get(str(row.trial_id))
+            if run_id is not None and row.verified_rank >= 0:
+                client.set_tag(run_id, VERIFIED_TAG, "true" if row.verified_pareto else "false")
+                client.set_tag(run_id, VERIFIED_RANK_TAG, str(int(row.verified_rank)))
+        if parent and report_dir is not None:
+            client.log_artifacts(parent, report_dir, "pareto")
     return found
 
 
-def write_results(results: Sequence[Verified], study: str) -> str:
+def merge_results(results: Sequence[Verified], study: str, split: str, version: str) -> pd.DataFrame:
+    """Every verification of the study so far (``verified.csv``), this run's replacing a trial's earlier row of the
+    same split and AutoAttack version."""
+    new = pd.DataFrame([asdict(r) for r in results]).assign(split=split, version=version)
+    path = f"{study.rstrip('/')}/{RESULT_NAME}"
+    if exists(absolute(path)):
+        import io
+
+        old = pd.read_csv(io.StringIO(read_text(absolute(path))), dtype={"trial_id": str})
+        if {"split", "version"} <= set(old.columns):
+            same = (old["split"] == split) & (old["version"] == version) & old["trial_id"].isin(new["trial_id"])
+            new = pd.concat([old[~same], new], ignore_index=True)
+    return new
+
+
+def write_results(table: pd.DataFrame, study: str) -> str:
     """``<study>/verified.csv`` (local or URI); returns where it went."""
     path = f"{study.rstrip('/')}/{RESULT_NAME}"
-    write_text(absolute(path), pd.DataFrame([asdict(r) for r in results]).to_csv(index=False))
+    write_text(absolute(path), table.to_csv(index=False))
     return path
+
+
+def format_fronts(vf: VerifiedFront, trials: pd.DataFrame) -> str:
+    """Both fronts and what moved, for the console."""
+    search = sorted(trials.loc[trials["pareto"].astype(bool), "trial_id"].astype(str))
+    verified = list(vf.front["trial_id"])
+    unverified = sorted(set(search) - set(vf.trials["trial_id"]))
+    lines = [f"search front (validation, the study's objective): {', '.join(search) or '-'}",
+             f"verified front ({vf.split}, AutoAttack {vf.version}, over {int((vf.trials['verified_rank'] >= 0).sum())}"
+             f" verified trials): {', '.join(verified) or '-'}",
+             f"left the front when verified: {', '.join(vf.left) or 'none'}",
+             f"joined the front when verified: {', '.join(vf.joined) or 'none'}"]
+    if unverified:
+        lines.append(f"search-front trials not verified yet: {', '.join(unverified)}")
+    return "\n".join(lines)
 
 
 def format_table(results: Sequence[Verified], split: str, version: str) -> str:
@@ -231,15 +302,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        chosen = select_trials(read_trials(args.study), args.trials)
+        trials = read_trials(args.study)
+        chosen = select_trials(trials, args.trials)
         uri = check_tracking(args.study, args.tracking_uri)
     except VerifyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = [verify_trial(row, args) for _, row in chosen.iterrows()]
+    results = []
+    for i, (_, row) in enumerate(chosen.iterrows(), start=1):
+        prefix = f"[{i}/{len(chosen)}] trial {row['trial_id']}:"
+        print(f"{prefix} loading its last checkpoint", flush=True)
+        results.append(verify_trial(row, args, lambda line, p=prefix: print(f"{p} {line}", flush=True)))
+        done = results[-1]
+        print(f"{prefix} " + (f"could not be verified: {done.error}" if done.error else
+                              f"AutoAttack {args.version} {done.aa_acc:.4f} ({done.seconds:.1f} s in all)"), flush=True)
     print(format_table(results, args.split, args.version), flush=True)
-    print(f"written: {write_results(results, args.study)}")
-    logged = log_to_mlflow(results, Path(args.study.rstrip("/")).name, uri, args.split, args.version)
+    table = merge_results(results, args.study, args.split, args.version)
+    print(f"written: {write_results(table, args.study)}")
+    name = Path(args.study.rstrip("/")).name
+    front = None
+    if args.split == "test":  # the verified front is a test-split notion: validation figures chose the search front
+        mine = table[(table["split"] == "test") & (table["version"] == args.version)]
+        front = build_verified_front(mine, trials, split="test", version=args.version,
+                                     title=f"Study {name}: search and verified fronts")
+        print(format_fronts(front, trials))
+        if "://" not in args.study:  # a bucket study gets the plots in MLflow only
+            print(f"plots: {', '.join(str(p) for p in write_verified(front, args.study).values())}")
+    with tempfile.TemporaryDirectory(prefix="arat_verified_") as tmp:
+        if front is not None:
+            write_verified(front, tmp)
+        logged = log_to_mlflow(results, name, uri, args.split, args.version, front,
+                               tmp if front is not None else None)
     print(f"logged to {logged} MLflow run(s) at {uri}")
     return 1 if any(r.error for r in results) else 0
 

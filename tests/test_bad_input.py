@@ -106,7 +106,8 @@ def test_a_tampered_stored_study_is_refused_on_resume(kind: str, tmp_path: Path,
 
 
 ABSURD = [  # what the probe started a study with
-    ("train.data.val_size=100000", "train.data.val_size: must be < 1,797 (digits has 1,797 training images), got 100000"),
+    ("train.data.val_size=100000", "train.data.val_size: digits has 1797 images, 360 of them held out for test "
+                                   "(data.test_size); val_size must be in [1, 1436], got 100000"),
     ("optim.epochs=1000000000", "train.optim.epochs: must be in [1, 10,000], got 1000000000"),
     ("search.num_samples=1000000000", "search.num_samples: must be in [1, 10,000], got 1,000,000,000"),
 ]
@@ -123,6 +124,8 @@ def test_absurd_values_never_start_a_study(override: str, message: str, tmp_path
 
 BOUNDS = [  # (override, field, the range the message states)
     ("data.dataset=cifar10", "data.val_size=50000", "train.data.val_size", "must be < 50,000"),
+    ("data.test_size=5000", None, "train.data.test_size", "[1, 1,795]"),
+    ("eval.final_examples=2000000", None, "train.eval.final_examples", "[0, 1,000,000]"),
     ("attack.steps=5000", None, "train.attack.steps", "[1, 1,000]"),
     ("attack.restarts=101", None, "train.attack.restarts", "[1, 100]"),
     ("attack.eps=300", None, "train.attack.eps", "[0, 255]"),

@@ -32,6 +32,8 @@ from arat_train.train import lr_at
     ({"perf": {"compile_mode": "reduce-overhead"}}, "perf.compile_mode", "applies only with perf.compile: true"),
     ({"perf": {"num_threads": -1}}, "perf.num_threads", "must be >= 0"),
     ({"perf": {"amp": "fp16"}}, "perf.amp", "allowed: 'auto', 'bf16', 'fp32'"),
+    ({"optim": {"schedule": "cosine"}}, "optim.schedule", "allowed: 'nominal', 'authors'"),
+    ({"optim": {"schedule": "authors", "warmup_epochs": 1}}, "optim.warmup_epochs", "must be 0 with optim.schedule"),
 ])
 def test_bad_values_name_the_field_and_the_allowed_values(data: dict, field: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -82,3 +84,34 @@ def test_lr_at_table() -> None:
         assert lr_at(step, total, cfg) == pytest.approx(lr), step
     warm = OptimConfig(epochs=10, lr=0.1, warmup_epochs=1)
     assert [round(lr_at(s, 100, warm), 4) for s in (0, 4, 9, 10)] == [0.01, 0.05, 0.1, 0.1]
+
+
+def _authors_epoch_lr(epoch: int, lr: float = 0.1) -> float:
+    """The lr the authors' code trains 1-based ``epoch`` with: ``CustomLR`` sets 0.02 for epoch 1, then
+    ``scheduler.step(e)`` after epoch ``e`` sets ``get_lr(e)`` for epoch ``e + 1`` (train_ARAT.py)."""
+    if epoch == 1:
+        return 0.02
+    e = epoch - 1
+    return lr if e <= 75 else lr * 0.1 if e <= 90 else lr * 0.01
+
+
+def test_authors_schedule_matches_their_code_for_100_epochs() -> None:
+    cfg = TrainConfig.from_dict({"optim": {"epochs": 100, "schedule": "authors"}}).optim
+    per_epoch, total = 7, 700
+    for epoch in range(1, 101):
+        for step in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):  # first and last step of the epoch
+            assert lr_at(step, total, cfg) == pytest.approx(_authors_epoch_lr(epoch)), (epoch, step)
+    table = {0: 0.02, 6: 0.02, 7: 0.1, 76 * 7 - 1: 0.1, 76 * 7: 0.01, 91 * 7 - 1: 0.01, 91 * 7: 0.001, 699: 0.001}
+    for step, lr in table.items():
+        assert lr_at(step, total, cfg) == pytest.approx(lr), step
+    # nominal (the default) decays at exactly 75% and 90% and has no slow first epoch
+    nominal = OptimConfig(epochs=100)
+    assert nominal.schedule == "nominal"
+    assert [lr_at(s, total, nominal) for s in (0, 75 * 7 - 1)] == pytest.approx([0.1, 0.1])
+    assert [lr_at(s, total, nominal) for s in (75 * 7, 90 * 7)] == pytest.approx([0.01, 0.001])
+
+
+def test_authors_schedule_scales_with_the_epoch_budget() -> None:
+    cfg = OptimConfig(epochs=20, lr=0.2, schedule="authors")  # nominal decays at epochs 16 and 19 (1-based), these 17, 20
+    lrs = [lr_at(e * 5, 100, cfg) for e in range(20)]
+    assert lrs == pytest.approx([0.04] + [0.2] * 15 + [0.02] * 3 + [0.002])

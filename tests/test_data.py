@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from arat_train.config import TrainConfig
-from arat_train.data import epoch_batches, load_dataset, random_crop_flip, shard, split_indices
+from arat_train.config import ConfigError, TrainConfig
+from arat_train.data import (
+    epoch_batches,
+    load_dataset,
+    random_crop_flip,
+    shard,
+    split_indices,
+    three_way_split,
+)
 from arat_train.train import load_data
 
 
@@ -58,9 +65,9 @@ def test_missing_cifar_root_names_the_field(tmp_path: Path) -> None:
 
 
 def test_digits_are_real_images_in_unit_range() -> None:
-    train = load_dataset("digits", "train", val_size=397, image_size=16)
-    val = load_dataset("digits", "val", val_size=397, image_size=16)
-    assert len(train) == 1400 and len(val) == 397
+    train = load_dataset("digits", "train", val_size=360, test_size=360, image_size=16)
+    val = load_dataset("digits", "val", val_size=360, test_size=360, image_size=16)
+    assert len(train) == 1077 and len(val) == 360
     assert train.x.shape[1:] == (1, 16, 16) and train.x.dtype == torch.float32
     assert train.x.min() >= 0.0 and train.x.max() <= 1.0 and train.x.max() > 0.9
     assert set(train.y.unique().tolist()) == set(range(10))
@@ -98,3 +105,31 @@ def test_crop_flip_keeps_shape_and_content() -> None:
     for b in range(2):
         for c in range(3):
             assert set(out[b, c].unique().tolist()) <= set(x[b, c].unique().tolist()) | {0.0}
+
+
+def _bytes(x: torch.Tensor) -> set[bytes]:
+    return {img.numpy().tobytes() for img in x}
+
+
+@pytest.mark.parametrize("split_seed", [0, 1])
+def test_digits_train_val_test_are_disjoint_and_test_never_moves(split_seed: int) -> None:
+    """By index and by image bytes; the test split is the same whatever split_seed the search uses."""
+    idx = three_way_split(1797, 360, 360, split_seed)
+    assert [len(idx[k]) for k in ("train", "val", "test")] == [1077, 360, 360]
+    sets = {k: set(v.tolist()) for k, v in idx.items()}
+    assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"] and not sets["val"] & sets["test"]
+    assert sets["train"] | sets["val"] | sets["test"] == set(range(1797))
+    assert torch.equal(idx["test"], three_way_split(1797, 360, 360, 1 - split_seed)["test"])
+    assert not torch.equal(idx["val"], three_way_split(1797, 360, 360, 1 - split_seed)["val"])
+    splits = {k: load_dataset("digits", k, val_size=360, test_size=360, split_seed=split_seed, image_size=8)
+              for k in ("train", "val", "test")}
+    images = {k: _bytes(v.x) for k, v in splits.items()}
+    assert [len(images[k]) for k in ("train", "val", "test")] == [1077, 360, 360]  # no image twice in a split
+    assert not images["test"] & images["train"] and not images["test"] & images["val"]
+    assert not images["val"] & images["train"]
+
+
+def test_digits_split_sizes_are_checked_against_the_data_set() -> None:
+    with pytest.raises(ConfigError, match=r"data.val_size: digits has 1797 images, 360 of them held out for test"):
+        TrainConfig.from_dict({"data": {"dataset": "digits", "val_size": 1500}})
+    assert TrainConfig.from_dict({"data": {"dataset": "digits", "val_size": 1436}}).data.val_size == 1436

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arat_train.losses import Predictor, Predictors
 from arat_train.models import SplitBatchNorm, WideResNet, build_model, export_model
@@ -50,8 +53,48 @@ def test_resnet18_taps_layer4_with_bn2_before_the_residual_add() -> None:
     assert not torch.allclose(feats["layer4.1.bn2"], seen["block"].mean(dim=(2, 3)))
 
 
-def test_wrn34_10_aligns_eleven_layers() -> None:
-    model = build_model("wrn34_10", 10)
+@pytest.fixture(scope="module")
+def wrn34_10() -> nn.Module:
+    """One fresh WRN-34-10 for the module (it is large: build it once)."""
+    torch.manual_seed(0)
+    return build_model("wrn34_10", 10)
+
+
+def test_wrn34_10_has_the_wide_resnet_initialisation(wrn34_10: nn.Module) -> None:
+    convs = [m for m in wrn34_10.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 15 + 3  # stem, two per block, three 1x1 shortcuts
+    for conv in convs:
+        w = conv.weight.detach()
+        expected = math.sqrt(2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels))
+        # std of a sample std is about sigma / sqrt(2n): 15% is over 4 of those for the smallest conv (432 weights)
+        assert w.std().item() == pytest.approx(expected, rel=0.15), conv
+        assert abs(w.mean().item()) < 4 * expected / math.sqrt(w.numel()), conv
+    last = [m for m in convs if m.out_channels == 640 and m.in_channels == 640]
+    assert last and all(m.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 640)), rel=0.02) for m in last)
+    splits = [m for m in wrn34_10.modules() if isinstance(m, SplitBatchNorm)]
+    assert len(splits) == 2 * 15 + 1
+    for split in splits:
+        for bn in (split.clean, split.adv):
+            assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+            assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    linear = wrn34_10.linear
+    assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+    bound = 1 / math.sqrt(linear.in_features)  # the weight keeps PyTorch's default: U(-1/sqrt(d), 1/sqrt(d))
+    assert linear.weight.abs().max().item() <= bound
+    assert linear.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+def test_resnet18_keeps_pytorchs_default_initialisation() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10)
+    for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.abs().max().item() <= 1 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5))
+    assert model.linear.bias.abs().max().item() > 0
+
+
+def test_wrn34_10_aligns_eleven_layers(wrn34_10: nn.Module) -> None:
+    model = wrn34_10
     assert len(model.aligned_layers) == 11
     assert model.aligned_layers[-1] == "final"
     assert all(model.feature_dims[k] == 640 for k in model.aligned_layers[1:])
@@ -62,8 +105,12 @@ def test_unknown_aligned_layer_names_the_field() -> None:
         build_model("small_cnn", 10, in_channels=1, aligned_layers=["conv9"])
 
 
-@pytest.mark.parametrize("ratio,dim,hidden", [(0.25, 512, 128), (0.3, 10, 3), (1.0, 64, 64), (0.01, 10, 1)])
-def test_predictor_width_is_round_r_times_d(ratio: float, dim: int, hidden: int) -> None:
+@pytest.mark.parametrize("ratio,dim,hidden", [
+    (0.25, 512, 128), (0.3, 10, 3), (1.0, 64, 64),
+    (0.3, 9, 2), (0.25, 650, 162), (0.29, 100, 28),  # int(r * d) floors (2.7, 162.5, 28.999...), as the authors' code
+    (0.01, 10, 1), (0.001, 640, 1),  # r * d < 1 with r > 0: one hidden unit, never a zero-width predictor
+])
+def test_predictor_width_is_int_r_times_d_and_at_least_one(ratio: float, dim: int, hidden: int) -> None:
     pred = Predictor(dim, ratio)
     assert pred.hidden == hidden
     assert pred.net[0].weight.shape == (hidden, dim)  # type: ignore[index]

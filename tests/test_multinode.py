@@ -139,20 +139,30 @@ def _sets(pairs: list[str]) -> list[str]:
 
 
 @pytest.mark.ray
-def test_ddp_spans_two_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
-    """A submitted smoke study, one SPREAD trial of 2 DDP workers: one rank on each node."""
+def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    """A submitted moasha smoke study of SPREAD trials (2 DDP workers of 1 CPU: one rank on each node), eta 2 with a
+    rung at epoch 1 of 2. The cluster (2 + 1 CPUs) holds one trial at a time, and the second node one worker: a
+    trial stopped at the rung stops training (no second epoch), and the next trial can only get its rank on the
+    second node once the stopped one's worker there is gone."""
     cluster, storage = two_nodes.cluster, tmp_path / "runs"
     assert two_nodes.second.proc.poll() is None, "the second node is gone (the node-loss test runs last)"
-    proc = subprocess.run(_submit(cluster, "spread", storage, ["--smoke-test", "--num-samples", "1", *_sets(TINY)]),
-                          env=cluster.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
+    args = ["--smoke-test", "--num-samples", "4", *_sets([*TINY, "scaling.cpus_per_worker=1",
+                                                           "search.scheduler={type: moasha, reduction_factor: 2}"])]
+    proc = subprocess.run(_submit(cluster, "spread", storage, args), env=cluster.env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
 
     frame = pd.read_parquet(storage / "spread" / "trials.parquet")
-    assert len(frame) == 1 and (frame["status"] == "FINISHED").all(), frame[["status", "error"]]
-    trial = frame.iloc[0]
-    assert trial["epoch"] == 2 and trial["eval_examples"] == 128  # both ranks' shards, all-reduced
-    assert set(trial["node_ids"].split(",")) == {two_nodes.head_id, two_nodes.second.node_id}
+    assert len(frame) == 4 and frame["status"].isin(["FINISHED", "STOPPED"]).all(), frame[["status", "error"]]
+    both = {two_nodes.head_id, two_nodes.second.node_id}
+    for trial in frame.itertuples():
+        assert set(trial.node_ids.split(",")) == both, trial.trial_id  # every trial, also after a stop
+        assert trial.eval_examples == 128  # both ranks' shards, all-reduced
+    stopped, finished = frame[frame["status"] == "STOPPED"], frame[frame["status"] == "FINISHED"]
+    assert len(stopped) >= 1 and (stopped["epoch"] == 1).all() and (finished["epoch"] == 2).all()
+    runs = storage / "spread" / "train_runs"
+    for trial_id in stopped["trial_id"]:  # its workers stopped at the rung: no second epoch was ever written
+        assert [p.name for p in sorted((runs / f"spread_{trial_id}").glob("epoch_*"))] == ["epoch_0001"]
 
 
 @pytest.mark.ray

@@ -13,6 +13,7 @@ from orchestrator.pareto import (
     hypervolume_history,
     nondominated_ranks,
     pareto_mask,
+    staircase,
 )
 
 
@@ -262,3 +263,26 @@ def test_hypervolume_history_non_decreasing_and_ends_at_total(m: int) -> None:
     assert np.all(np.diff(history) >= 0)
     assert history[-1] == pytest.approx(hypervolume(points, np.zeros(m)), rel=1e-12)
     assert history[9] == pytest.approx(hypervolume(points[:10], np.zeros(m)), rel=1e-12)
+
+
+def test_staircase_goes_through_the_attained_corners() -> None:
+    """Two maximised objectives: (x1, y1) -> (x1, y2) -> (x2, y2) -> ...; dominated, NaN and duplicate rows add
+    nothing; the other orientations turn the corners the other way."""
+    points = [[0.9, 0.1], [0.7, 0.3], [0.8, 0.2], [0.6, 0.05], [0.7, 0.3], [np.nan, 0.9]]
+    expected = [[0.7, 0.3], [0.7, 0.2], [0.8, 0.2], [0.8, 0.1], [0.9, 0.1]]
+    np.testing.assert_array_equal(staircase(points), expected)
+    np.testing.assert_array_equal(staircase(points[::-1]), expected)  # order does not matter
+    np.testing.assert_array_equal(staircase([[0.5, 0.5]]), [[0.5, 0.5]])
+    assert staircase(np.empty((0, 2))).shape == (0, 2)
+    np.testing.assert_array_equal(staircase([[1, 3], [2, 2], [3, 1]], maximize=False),
+                                  [[1, 3], [2, 3], [2, 2], [3, 2], [3, 1]])
+    np.testing.assert_array_equal(staircase([[1, 1], [2, 2]], maximize=[False, True]), [[1, 1], [2, 1], [2, 2]])
+    # Every corner is weakly dominated by a front point: the staircase claims nothing that was not measured.
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        pts = rng.uniform(size=(12, 2))
+        front = pts[pareto_mask(pts)]
+        for corner in staircase(pts):
+            assert ((front >= corner - 1e-12).all(axis=1)).any()
+    with pytest.raises(ValueError, match="2 objectives"):
+        staircase(np.ones((3, 3)))

@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.names import Status
 from orchestrator.pareto import hypervolume_history, nondominated_ranks, pareto_mask
-from orchestrator.records import TrialRecord
+from orchestrator.records import TrialRecord, format_table
 from orchestrator.report import REPORT_FILES, build_front, front_html, write_report
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
@@ -121,3 +121,25 @@ def test_front_html_in_headless_chromium(tmp_path: Path) -> None:
     shot.unlink(missing_ok=True)
     _run_chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1000,700", page.as_uri())
     assert shot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_fronts_are_drawn_as_staircases_and_suspects_are_marked(tmp_path: Path) -> None:
+    """The HTML front is the attainment staircase through the front points; a trial whose masking gap exceeds the
+    threshold is SUSPECT in the table, the console and both plots."""
+    records = [TrialRecord("a", Status.FINISHED, 0.9, 0.1, masking_gap=0.02),
+               TrialRecord("b", Status.FINISHED, 0.7, 0.3, masking_gap=0.25),
+               TrialRecord("c", Status.FINISHED, 0.6, 0.05, masking_gap=math.nan)]
+    data = build_front(records, masking_threshold=0.1)
+    assert data.trials.set_index("trial_id")["masking_suspect"].to_dict() == {"a": False, "b": True, "c": False}
+    console = format_table(data.trials)
+    assert re.search(r"\bb\s+FINISHED.*SUSPECT", console) and "[gradient masking suspect]" in console
+    page = front_html(data)
+    points = re.search(r'<polyline class="front" points="([^"]+)"', page)
+    assert points is not None
+    xy = [tuple(map(float, p.split(","))) for p in points.group(1).split()]
+    assert len(xy) == 3 and xy[1] == (xy[0][0], xy[2][1])  # b, the corner below b at a's robustness, a
+    assert re.search(r'<circle class="front suspect"[^>]*data-trial-id="b"', page)
+    assert not re.search(r'<circle class="[^"]*suspect"[^>]*data-trial-id="a"', page)
+    assert build_front(records).trials["masking_suspect"].sum() == 0  # no threshold, no suspects
+    write_report(data, tmp_path)
+    assert (tmp_path / "front.png").read_bytes()[:8] == PNG_MAGIC

@@ -144,3 +144,35 @@ def test_num_samples_must_be_positive(tmp_path: Path, auth_env: dict[str, str]) 
     proc = run_tune(["--num-samples", "0"], env=auth_env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "error: --num-samples: must be >= 1" in proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+SCHEDULER_INPUTS = [
+    (["search.scheduler={type: hyperband}"], "search.scheduler.type", "allowed: fifo, moasha"),
+    (["search.scheduler={type: moasha, reduction_factor: 1.5}"], "search.scheduler.reduction_factor", "must be >= 2"),
+    (["search.scheduler={type: moasha, grace_period: 0}"], "search.scheduler.grace_period", "must be >= 1"),
+    (["search.scheduler={type: moasha, grace_period: 2.5}"], "search.scheduler.grace_period", "expected an integer"),
+    (["search.scheduler={type: moasha, grace_period: 6}", "optim.epochs=6"], "search.scheduler.grace_period",
+     "must be below the trial's epochs (train.optim.epochs = 6)"),
+    (["search.scheduler={type: moasha, eta: 3}"], "search.scheduler.eta", "allowed keys here: type, grace_period"),
+    (["search.scheduler={type: moasha}", "space.optim.epochs={low: 2, high: 6}"], "space.optim.epochs",
+     "cannot be searched with search.scheduler.type: moasha"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "allowed"), SCHEDULER_INPUTS,
+                         ids=[c[1] + ":" + c[2] for c in SCHEDULER_INPUTS])
+def test_scheduler_settings_are_checked(overrides: list[str], field: str, allowed: str) -> None:
+    """search.scheduler is validated with the rest of the preset (the CLI path is the same SpecError, above)."""
+    with pytest.raises(SpecError) as err:
+        load_spec(QUICKSTART, overrides)
+    assert err.value.field == field and allowed in str(err.value), str(err.value)
+
+
+def test_scheduler_defaults_and_smoke_shrink() -> None:
+    spec = load_spec(QUICKSTART, ["search.scheduler={type: moasha, grace_period: 3}", "optim.epochs=8"])
+    assert (spec.search.scheduler.type, spec.search.scheduler.grace_period) == ("moasha", 3)
+    assert spec.search.scheduler.reduction_factor == 3.0  # the default eta
+    assert load_spec(QUICKSTART, ["search.scheduler={type: fifo}"]).search.scheduler.type == "fifo"
+    smoke = load_spec(QUICKSTART, ["search.scheduler={type: moasha, grace_period: 3}", "optim.epochs=8"],
+                      smoke_test=True)
+    assert smoke.train_config({}).optim.epochs == 2 and smoke.search.scheduler.grace_period == 1

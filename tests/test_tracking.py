@@ -294,3 +294,22 @@ def test_methods_need_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="start"):
         _tracker(default_tracking_uri(tmp_path), "unstarted").trial_started("t", {})
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_masking_suspects_are_tagged(sqlite_uri: str) -> None:
+    tracker = StudyTracker(sqlite_uri, "masking", space_yaml=SPACE_YAML, params=SPACE_PARAMS, sampler="tpe", seed=0,
+                           code_version="test-sha", masking_threshold=0.1)
+    tracker.start()
+    for tid, gap in (("m", 0.3), ("n", 0.01), ("o", None)):
+        tracker.trial_started(tid, {})
+        final = {"clean_acc": 0.5 + 0.1 * len(tid), "robust_acc": 0.2, "epoch": 1}
+        tracker.trial_completed(tid, final if gap is None else {**final, "masking_gap": gap}, None)
+    tracker.finish()
+    client = MlflowClient(sqlite_uri)
+    tags = {t: client.get_run(tracker.run_id(t)).data.tags for t in ("m", "n", "o")}
+    assert tags["m"]["gradient_masking_suspect"] == "true" and tags["n"]["gradient_masking_suspect"] == "false"
+    assert "gradient_masking_suspect" not in tags["o"]  # no gap measured (a PGD objective): no verdict
+    resumed = StudyTracker(sqlite_uri, "masking", space_yaml=SPACE_YAML, params=SPACE_PARAMS, sampler="tpe",
+                           seed=0, code_version="test-sha", masking_threshold=0.1)
+    resumed.start()
+    assert resumed._records()[0].masking_gap == pytest.approx(0.3)  # read back on resume

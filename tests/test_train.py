@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from arat_train.attacks import pgd_attack
 from arat_train.checkpoint import load_checkpoint
-from arat_train.config import TrainConfig
-from arat_train.train import TrainingDiverged, train
+from arat_train.config import AttackConfig, ConfigError, TrainConfig
+from arat_train.models import build_model
+from arat_train.train import Objective, TrainingDiverged, train
 
 SMALL = {
     "data": {"dataset": "digits", "train_limit": 256},
@@ -137,3 +142,71 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(tmp_path / "planted.pt")
     assert not marker.exists()
+
+
+def _their_pgd_linf(model_fn: Callable[[torch.Tensor], torch.Tensor], bx: torch.Tensor, by: torch.Tensor,
+                    eps: float, step_size: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' ``attacks.PGD_linf.forward``, transcribed; returns (what the clean branch then sees, x_adv)."""
+    adv_bx = bx.detach()  # shares bx's storage: the noise below lands in bx too
+    adv_bx += torch.zeros_like(adv_bx).uniform_(-eps, eps)
+    for _ in range(steps):
+        adv_bx.requires_grad_()
+        loss = F.cross_entropy(model_fn(adv_bx), by, reduction="sum")
+        grad = torch.autograd.grad(loss, adv_bx, only_inputs=True)[0]
+        adv_bx = adv_bx.detach() + step_size * torch.sign(grad.detach())
+        adv_bx = torch.min(torch.max(adv_bx, bx - eps), bx + eps).clamp(0, 1)
+    return bx, adv_bx
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_legacy_inplace_noise_is_the_authors_attack_at_the_edges_of_the_pixel_range() -> None:
+    torch.manual_seed(0)
+    objective = Objective(build_model("resnet18", 10), TrainConfig.from_dict({"method": "arat"})).train()
+    x = torch.rand(2, 3, 32, 32)
+    x[:, :, :12] = 0.0  # pixels at exactly 0 and 1, where clamping the noisy image would change it
+    x[:, :, -12:] = 1.0
+    y = torch.tensor([3, 7])
+    attack = AttackConfig(eps=8, steps=4, step_size=2, legacy_inplace_noise=True)
+    eps, step = 8 / 255, 2 / 255
+    torch.manual_seed(1)
+    x_clean, x_adv = objective.adversarial(x, y, attack)
+    torch.manual_seed(1)
+    their_clean, their_adv = _their_pgd_linf(partial(objective.model, bn="adv"), x.clone(), y, eps, step, 4)
+    assert torch.equal(x_clean, their_clean)  # the clean branch gets x + noise, unclamped...
+    assert x_clean.min() < -eps / 2 and x_clean.max() > 1 + eps / 2  # ...which leaves [0, 1]
+    assert (x_clean - x).abs().max() <= eps + 1e-7
+    assert torch.equal(x_adv, their_adv)  # their arithmetic, so bit for bit
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x_clean).abs().max() <= eps + 1e-6  # the ball around the noisy image
+    assert (x_adv - x).abs().max() > eps + 1e-3
+    # the default path is unchanged: the caller's x, and PGD around it
+    torch.manual_seed(2)
+    x_out, x_adv_default = objective.adversarial(x, y, AttackConfig(eps=8, steps=3, step_size=2))
+    torch.manual_seed(2)
+    expected = pgd_attack(partial(objective.model, bn="adv"), x, y, eps=eps, step_size=step, steps=3)
+    assert x_out is x
+    assert torch.equal(x_adv_default, expected)
+
+
+def test_legacy_inplace_noise_is_refused_for_l2() -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"attack": {"norm": "l2", "legacy_inplace_noise": True}})
+    assert info.value.field == "attack.legacy_inplace_noise"
+
+
+def test_annealed_probe_leaves_the_run_as_it_was() -> None:
+    """A probe after epoch 1 reports the annealed copy's figures and is thrown away: the run's own numbers are
+    those of the same run without it, to the last bit."""
+    plain: list[dict[str, float]] = []
+    train(TrainConfig.from_dict(SMALL), callback=lambda m, _p: plain.append(m))
+    probed: list[dict[str, float]] = []
+    cfg = TrainConfig.from_dict({**SMALL, "probe": {"epochs": [1], "fraction": 0.5}})
+    train(cfg, callback=lambda m, _p: probed.append(m))
+    keys = ("loss", "clean_acc", "robust_acc", "balance_a")
+    assert [[m[k] for k in keys] for m in probed] == [[m[k] for k in keys] for m in plain]
+    assert {"probe_clean_acc", "probe_robust_acc"} <= set(probed[0]) and "probe_clean_acc" not in probed[1]
+    assert probed[0]["probe_steps"] == 2  # half of the 4 steps of an epoch of 256 images at batch 64
+    assert (probed[0]["probe_clean_acc"], probed[0]["probe_robust_acc"]) != (plain[0]["clean_acc"],
+                                                                             plain[0]["robust_acc"])
+    with pytest.raises(ConfigError, match=r"probe.fraction: must be in \(0, 1\]"):
+        TrainConfig.from_dict({"probe": {"fraction": 0}})

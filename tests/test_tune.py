@@ -1,8 +1,8 @@
 """End-to-end studies on a real Ray cluster (``ray start --head`` on 127.0.0.1, token auth, 2 CPUs).
 
 Kept few: one submitted smoke study checks completion, the Parquet table, a forced failure, what Optuna was told
-and the all-reduced accuracy; one study has its driver killed and is resumed; one run is refused for GPUs the
-cluster lacks.
+and the all-reduced accuracy; one moasha study has its driver killed and is resumed (stopped trials: STOPPED,
+PRUNED in Optuna, off the front); one run is refused for GPUs the cluster lacks.
 """
 
 from __future__ import annotations
@@ -201,28 +201,32 @@ def _train_epochs(study_dir: Path) -> dict[str, int]:
     return out
 
 
-def test_killed_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
-    """Kill the driver once one trial has finished and another is mid-run; --resume completes the study."""
+def test_killed_moasha_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """A moasha study (eta 2, rungs at epochs 1 and 2 of 3), one trial at a time: its driver is killed once one
+    trial has ended and another is mid-run; --resume completes the study with the scheduler's rungs restored.
+    Stopped trials are STOPPED in the table and MLflow, PRUNED in Optuna, and never on the front."""
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
     storage, epochs = tmp_path / "runs", 3
-    args = ["--name", "killed", "--num-samples", "3", "--storage-path", str(storage),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_sets([*SHRUNK, f"optim.epochs={epochs}"])]
+    args = ["--name", "killed", "--num-samples", "4", "--storage-path", str(storage),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            *_sets([*SHRUNK, f"optim.epochs={epochs}", "search.max_concurrent=1",
+                    "search.scheduler={type: moasha, grace_period: 1, reduction_factor: 2}"])]
     study = storage / "killed"
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115
     driver = subprocess.Popen([PYTHON, str(REPO / "orchestrator" / "tune.py"), *args], env=env, cwd=tmp_path,
                               stdout=log, stderr=subprocess.STDOUT)
-    finished_before: set[str] = set()
+    ended_before: set[str] = set()
     try:
         deadline = time.monotonic() + 480
         while time.monotonic() < deadline and driver.poll() is None:
             statuses, reached = _experiment_statuses(study), _train_epochs(study)
-            finished_before = {t for t, s in statuses.items() if s == "TERMINATED"}
+            ended_before = {t for t, s in statuses.items() if s == "TERMINATED"}
             midway = {t for t, e in reached.items() if 0 < e < epochs and statuses.get(t) == "RUNNING"}
-            if finished_before and midway:
+            if ended_before and midway:
                 break
             time.sleep(0.5)
         assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert finished_before and midway, "the study never had a finished and a mid-run trial at once"
+        assert ended_before and midway, "the study never had an ended and a mid-run trial at once"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -235,16 +239,30 @@ def test_killed_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-5000:]
     frame = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
-    assert len(frame) == 3 and (frame["status"] == "FINISHED").all(), frame[["status", "error"]]
-    assert (frame["epoch"] == epochs).all()
-    for trial_id in finished_before:  # kept: not trained again
+    assert len(frame) == 4 and frame["status"].isin(["FINISHED", "STOPPED"]).all(), frame[["status", "error"]]
+    finished, stopped = frame[frame["status"] == "FINISHED"], frame[frame["status"] == "STOPPED"]
+    assert len(stopped) >= 1 and len(finished) >= 1, frame[["status", "epoch"]]
+    assert (finished["epoch"] == epochs).all() and stopped["epoch"].isin([1, 2]).all()
+    assert not stopped["pareto"].any() and (stopped["pareto_rank"] == -1).all()
+    assert "early stopping: " in proc.stdout and "trials stopped at a rung" in proc.stdout
+    for trial_id in ended_before:  # kept: not trained again
         assert frame.loc[trial_id, "resumed_from_epoch"] == 0
     for trial_id in midway:  # continued from its last epoch, not from scratch
         assert frame.loc[trial_id, "resumed_from_epoch"] >= 1
+    # Optuna: COMPLETE with the final values for full-budget trials, PRUNED for the stopped ones.
+    told = _optuna_trials(study)
+    for tid, row in frame.iterrows():
+        expected = ("COMPLETE", [row.clean_acc, row.robust_acc]) if row.status == "FINISHED" else ("PRUNED", None)
+        assert told[str(tid)] == expected, (tid, row.status)
     # The embedded SQLite store: the resumed study reused its parent run and each trial's run.
     _, children = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
     assert sorted(r.data.tags["trial_id"] for r in children) == sorted(frame.index)
     assert all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        row = frame.loc[run.data.tags["trial_id"]]
+        assert run.data.tags["trial_status"] == row.status
+        if row.status == "STOPPED":
+            assert run.data.tags["pareto"] == "false" and run.data.tags["stopped_at_epoch"] == f"{row.epoch:g}"
 
 
 def test_refuses_more_gpus_than_the_cluster_has(ray_cluster: RayCluster, tmp_path: Path) -> None:

@@ -1,0 +1,90 @@
+"""The study's robust objective: the worst case over PGD, APGD-CE and APGD-T at the final epoch, PGD as progress
+before it, and the masking gap that shows when PGD's gradients mislead. Real attacks on a small trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from arat_train.config import AttackConfig, TrainConfig
+from arat_train.robustness import objective_counts
+from arat_train.train import build, load_data, train
+
+EPS = 25.0
+CFG = {
+    "device": "cpu", "seed": 0,
+    "data": {"dataset": "digits", "image_size": 16},
+    "model": {"name": "small_cnn", "width": 16},
+    "attack": {"eps": EPS, "steps": 3},
+    "arat": {"balance_samples": 256},
+    "optim": {"epochs": 4, "batch_size": 64, "lr": 0.1},
+    "eval": {"attack": {"eps": EPS, "steps": 10, "step_size": EPS / 4}, "max_examples": 128,
+             "final_attack": "apgd"},
+    "perf": {"num_threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> tuple[list[dict[str, float]], Path]:
+    """Per-epoch metrics of a 4-epoch AR-AT run on digits and its checkpoint directory (about 20 s)."""
+    out = tmp_path_factory.mktemp("objective")
+    history: list[dict[str, float]] = []
+    train(TrainConfig.from_dict(CFG), checkpoint_dir=out, callback=lambda m, _: history.append(m))
+    return history, out
+
+
+def test_the_final_report_carries_both_attacks(run: tuple[list[dict[str, float]], Path]) -> None:
+    history, _ = run
+    *early, final = history
+    for m in early:  # progress: PGD, and robust_acc repeats it
+        assert m["robust_acc"] == m["robust_acc_pgd"] and "masking_gap" not in m
+    assert final["final_examples"] == 128 == final["eval_examples"]  # the same images for both attacks
+    assert final["robust_acc"] <= final["robust_acc_pgd"] <= final["clean_acc"]
+    assert final["masking_gap"] == pytest.approx(final["robust_acc_pgd"] - final["robust_acc"])
+    assert final["clean_acc"] > 0.4  # a trained model (chance: 0.1), so the attacks have something to take
+
+
+def test_pgd_objective_keeps_the_pgd_figure(tmp_path: Path, one_torch_thread: None) -> None:
+    cfg = TrainConfig.from_dict({**CFG, "optim": {**CFG["optim"], "epochs": 1},
+                                 "eval": {**CFG["eval"], "final_attack": "pgd"}})
+    final = train(cfg)
+    assert final["robust_acc"] == final["robust_acc_pgd"] and "masking_gap" not in final
+
+
+class _Saturated(nn.Module):
+    """The same classifier with its logits scaled by 10^4: predictions unchanged, but the softmax saturates, so
+    the cross-entropy gradient PGD follows is zero wherever the model is right (a planted gradient masking)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor, bn: str = "adv", **kw: object) -> Tensor:
+        return self.inner(x, bn=bn) * 1e4  # (B, num_classes)
+
+
+def _model(ckpt_dir: Path) -> tuple[nn.Module, TrainConfig]:
+    ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = build(cfg, 10, 1, torch.device("cpu")).model
+    model.load_state_dict(ckpt["model"])
+    return model, cfg
+
+
+def test_a_planted_masking_shows_as_a_large_gap(run: tuple[list[dict[str, float]], Path]) -> None:
+    """PGD on CE cannot move a saturated model; APGD-T's DLR loss (scale-invariant) still can."""
+    model, cfg = _model(run[1])
+    _, val = load_data(cfg, torch.device("cpu"))
+    x, y = val.x[:128], val.y[:128]
+    pgd = AttackConfig(eps=EPS, steps=10, step_size=EPS / 4)
+    honest = objective_counts(model, x, y, pgd).tolist()
+    masked = objective_counts(_Saturated(model), x, y, pgd).tolist()
+    assert masked[0] == honest[0]  # the same predictions on clean images
+    gap = lambda c: (c[1] - c[2]) / c[3]  # noqa: E731
+    assert masked[1] > honest[1]  # PGD is fooled by the saturation...
+    assert gap(masked) > 0.1 + gap(honest)  # ...and the worst case exposes it
+    assert abs(masked[2] - honest[2]) <= 0.05 * honest[3]  # APGD-T sees the same robustness in both
