@@ -8,13 +8,12 @@ Units: ``eps`` and ``step_size`` are in 1/255 of the [0, 1] pixel range; when ``
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
-
-import yaml
 
 T = TypeVar("T")
 
@@ -32,7 +31,22 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
+def _within(value: float, low: float, high: float, field: str, unit: str = "") -> None:
+    """Refuse ``value`` outside ``[low, high]``, naming the field and the allowed range."""
+    _require(low <= value <= high, field, f"must be in [{low:,}, {high:,}]{unit}, got {value!r}")
+
+
 DIGITS_SIZE = 1797  # scikit-learn's digits: every image, before any split
+# Upper bounds of counts: far above any real use, low enough that a typo cannot start a run that never ends.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 16_384
+MAX_ATTACK_STEPS = 1_000
+MAX_RESTARTS = 100
+MAX_IMAGES = 1_000_000  # train_limit, balance_samples, eval.max_examples
+MAX_FAKE_IMAGES = 100_000
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+# Training images CIFAR's validation split is drawn from (known without loading them); digits: DIGITS_SIZE.
+CIFAR_TRAIN_SIZE = {"cifar10": 50_000, "cifar100": 50_000}
 
 
 @dataclass(frozen=True)
@@ -60,10 +74,19 @@ class DataConfig:
         _require(self.val_size > 0, "val_size", f"must be > 0, got {self.val_size}")
         _require(self.test_size > 0, "test_size", f"must be > 0, got {self.test_size}")
         if self.dataset == "digits":
+            _within(self.test_size, 1, DIGITS_SIZE - 2, "test_size", f" (digits has {DIGITS_SIZE} images)")
             room = DIGITS_SIZE - self.test_size - 1
             _require(self.val_size <= room, "val_size",
                      f"digits has {DIGITS_SIZE} images, {self.test_size} of them held out for test (data.test_size); "
                      f"val_size must be in [1, {room}], got {self.val_size}")
+        pool = CIFAR_TRAIN_SIZE.get(self.dataset)
+        if pool is not None:
+            _require(self.val_size < pool, "val_size",
+                     f"must be < {pool:,} ({self.dataset} has {pool:,} training images), got {self.val_size}")
+        _within(self.split_seed, 0, MAX_SEED, "split_seed")
+        _within(self.train_limit, 0, MAX_IMAGES, "train_limit", " (0 = all)")
+        _within(self.fake_size, 1, MAX_FAKE_IMAGES, "fake_size")
+        _within(self.num_classes, 2, 1_000, "num_classes")
         _require(self.image_size in (8, 16, 32), "image_size", f"allowed: 8, 16, 32; got {self.image_size}")
         _require(self.train_limit >= 0, "train_limit", f"must be >= 0 (0 = all), got {self.train_limit}")
         _require(self.fake_size > self.val_size or self.dataset != "fake", "fake_size",
@@ -79,6 +102,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
+        _within(self.width, 1, 1_024, "width")
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,10 @@ class AttackConfig:
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _require(self.step_ratio > 0, "step_ratio", f"must be > 0, got {self.step_ratio}")
         _require(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        _within(self.steps, 1, MAX_ATTACK_STEPS, "steps")
+        _within(self.restarts, 1, MAX_RESTARTS, "restarts")
+        if self.norm == "linf":
+            _within(self.eps, 0, 255, "eps", " (in 1/255: 255 is the whole pixel range)")
         _require(not self.legacy_inplace_noise or self.norm == "linf", "legacy_inplace_noise",
                  "reproduces the authors' L-inf attack only (their L2 attack adds no noise in place); norm is 'l2'")
         if self.step_size is not None:
@@ -137,6 +165,7 @@ class ARATConfig:
         _require(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
         _require(0 <= self.predictor_ratio <= 4, "predictor_ratio", f"must be in [0, 4], got {self.predictor_ratio}")
         _require(self.balance_samples >= 1, "balance_samples", f"must be >= 1, got {self.balance_samples}")
+        _within(self.balance_samples, 1, MAX_IMAGES, "balance_samples")
 
 
 @dataclass(frozen=True)
@@ -156,6 +185,7 @@ class SWAConfig:
     def __post_init__(self) -> None:
         _require(0 <= self.start < 1, "start", f"must be in [0, 1), got {self.start}")
         _require(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+        _within(self.every, 1, 1_000_000, "every")
 
 
 @dataclass(frozen=True)
@@ -185,6 +215,8 @@ class OptimConfig:
         _require(self.schedule in ("nominal", "authors"), "schedule",
                  f"allowed: 'nominal', 'authors'; got {self.schedule!r}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _within(self.epochs, 1, MAX_EPOCHS, "epochs")
+        _within(self.batch_size, 1, MAX_BATCH, "batch_size")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -221,10 +253,15 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.max_examples >= 0, "max_examples", f"must be >= 0 (0 = all), got {self.max_examples}")
+        _within(self.batch_size, 1, MAX_BATCH, "batch_size")
+        _within(self.max_examples, 0, MAX_IMAGES, "max_examples", " (0 = all)")
         _require(self.final_examples >= 0, "final_examples",
                  f"must be >= 0 (0 = the eval.max_examples images), got {self.final_examples}")
+        _within(self.final_examples, 0, MAX_IMAGES, "final_examples", " (0 = the eval.max_examples images)")
         _require(self.apgd_iters >= 1, "apgd_iters", f"must be >= 1, got {self.apgd_iters}")
         _require(self.apgd_targets >= 1, "apgd_targets", f"must be >= 1, got {self.apgd_targets}")
+        _within(self.apgd_iters, 1, MAX_ATTACK_STEPS, "apgd_iters")
+        _within(self.apgd_targets, 1, 999, "apgd_targets")
 
 
 @dataclass(frozen=True)
@@ -241,7 +278,8 @@ class ProbeConfig:
     fraction: float = 0.25  # of an epoch's optimiser steps, at least one step
 
     def __post_init__(self) -> None:
-        _require(all(e >= 1 for e in self.epochs), "epochs", f"must be epochs >= 1, got {list(self.epochs)}")
+        _require(all(1 <= e <= MAX_EPOCHS for e in self.epochs), "epochs",
+                 f"must be epochs in [1, {MAX_EPOCHS:,}], got {list(self.epochs)}")
         _require(0 < self.fraction <= 1, "fraction", f"must be in (0, 1], got {self.fraction}")
 
 
@@ -255,6 +293,7 @@ class PerfConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_threads >= 0, "num_threads", f"must be >= 0 (0 = torch's default), got {self.num_threads}")
+        _within(self.num_threads, 0, 1_024, "num_threads", " (0 = torch's default)")
         _require(self.compile or self.compile_mode == "default", "compile_mode",
                  f"{self.compile_mode!r} applies only with perf.compile: true")
 
@@ -278,6 +317,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                  f"allowed: auto, cpu, cuda, cuda:N; got {self.device!r}")
+        _within(self.seed, 0, MAX_SEED, "seed")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -339,7 +379,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected null, got {value!r}")
         return None
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return number
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
@@ -396,21 +442,24 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``["optim.lr=0.05", "model.name=resnet18"]`` -> a nested mapping; values are parsed as YAML scalars."""
+    from .safe_yaml import load_yaml  # it imports ConfigError from here
+
     flat: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(pair, "an override must look like key.subkey=value")
-        flat[key.strip()] = yaml.safe_load(raw)
+        flat[key.strip()] = load_yaml(raw, key.strip())
     return unflatten(flat)
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML training config (or the defaults) and apply ``--set`` overrides."""
+    from .safe_yaml import read_yaml_file
+
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path) as fh:
-            loaded = yaml.safe_load(fh) or {}
+        loaded = read_yaml_file(path, "--config") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(str(path), "the file must hold a mapping of config sections")
         data = loaded

@@ -46,17 +46,27 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
     try:
         ckpt = load_checkpoint(path, device)
     except Exception as err:  # torch.load raises several unrelated types for a file that is not a checkpoint
-        raise CliError(f"cannot read checkpoint {path}: {err}") from None
+        reason = _first_line(err)
+        if reason.startswith("Weights only load failed"):  # torch's advice there (weights_only=False) is unsafe
+            reason = "not a file torch.load accepts with weights_only=True (corrupt, or it holds code)"
+        raise CliError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CliError(f"{path} is not a checkpoint of arat_train.train (no 'config' / 'model' entries)")
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+    except (ConfigError, TypeError) as err:
+        raise CliError(f"{path} holds a config this version refuses: {_first_line(err)}") from None
     if data_root:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if cfg.perf.num_threads:
         torch.set_num_threads(cfg.perf.num_threads)
     data = load_split(cfg.data, split, download=False).to(device)
     model = build(cfg, data.num_classes, int(data.x.shape[1]), device).model
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CliError(f"{path}: its weights do not fit the network of its own config ({_first_line(err)})") \
+            from None
     if swa:
         if not ckpt.get("swa") or not ckpt["swa"]["n"]:
             raise CliError(f"{path} holds no SWA average (train with swa.enabled: true)")
@@ -68,6 +78,12 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
             reestimate_adv_bn(model, train_data, cfg.attack, batch_size=cfg.optim.batch_size,
                               augment=cfg.data.augment)
     return model, cfg, data
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's message as one line (torch's load errors run over several)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, TrainConfig, ArrayData]:
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = _run(args)
     except (CliError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_first_line(err)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(out))

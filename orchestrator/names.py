@@ -40,7 +40,9 @@ PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto"  # "true" / "false": on the search front
 RANK_TAG = "pareto_rank"  # 0 = front, 1 = the next front, ...; -1 when an objective is NaN
 FINISH_ORDER_TAG = "finish_order"
-FAILURE_TAG = "failure_reason"
+FAILURE_TAG = "failure_reason"  # one line; the whole error text is the run's artifact FAILURE_ARTIFACT
+FAILURE_ARTIFACT = "failure/error.txt"
+INTERRUPTED_TAG = "interrupted"  # "true" on a KILLED run (and the study's parent) that a stop signal ended
 MODEL_URI_TAG = "model_uri"
 MODEL_ERROR_TAG = "model_error"
 TRIAL_STATUS_TAG = "trial_status"  # the Status word of an ended trial (MLflow's own run status is coarser)
@@ -51,6 +53,8 @@ VERIFIED_RANK_TAG = "pareto_verified_rank"
 
 # The study's files, under <storage>/<study>/.
 SPEC_FILE = "study.yaml"  # the resolved preset; --resume reads it back
+TRACKING_FILE = "tracking.yaml"  # the study's MLflow tracking URI; --resume and verify read it back
+PENDING_RECORDS = "mlflow_pending.jsonl"  # MLflow records the study could not write; orchestrator.replay logs them
 TRIALS_TABLE = "trials.parquet"
 VERIFIED_TABLE = "verified.csv"
 CONFIG_PREFIX = "config/"  # trials-table column of a training key: config/<dotted.key>

@@ -170,7 +170,8 @@ def read_trials_table(study_dir: str, required: Sequence[str] = BASE_COLUMNS) ->
     path = table_path(study_dir)
     try:
         fs, where = filesystem(absolute(path))
-        frame = pq.read_table(where, filesystem=fs).to_pandas()
+        with fs.open_input_file(where) as fh:  # one open: a table renamed over it meanwhile is not read half-and-half
+            frame = pq.read_table(fh).to_pandas()
     except (OSError, ValueError) as err:
         raise TableError(f"no trials table at {path} ({str(err).splitlines()[0]})") from None
     missing = [c for c in required if c not in frame.columns]

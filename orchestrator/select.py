@@ -22,7 +22,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -35,7 +34,8 @@ from .names import (
     TRIAL_TAG,
     VERIFIED_TAG,
 )
-from .tracking import default_tracking_uri
+from .records import one_line_reason
+from .tracking import default_tracking_uri, store_problem
 
 EXIT_NONE_QUALIFIES = 1
 EXIT_NOT_FOUND = 2
@@ -148,14 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parse(argv)
     uri = args.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; run from the study's directory or pass "
-              "--tracking-uri", file=sys.stderr)
+    problem = store_problem(uri)
+    if problem:
+        print(f"error: {problem}; run from the study's directory or pass --tracking-uri", file=sys.stderr)
         return EXIT_NOT_FOUND
     try:
         front = read_front(MlflowClient(uri), args.experiment, verified=args.verified)
     except SelectionError as exc:
         print(f"error: {exc} ({uri})", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except Exception as exc:  # a store MLflow cannot read (a damaged database, a server error)
+        print(f"error: cannot read the MLflow store at {uri}: {one_line_reason(str(exc)) or type(exc).__name__}",
+              file=sys.stderr)
         return EXIT_NOT_FOUND
     if not front:
         which = "verified front" if args.verified else "Pareto front"

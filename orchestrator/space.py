@@ -32,19 +32,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from arat_train.config import ConfigError, TrainConfig, deep_merge, flatten, parse_overrides, unflatten
+from arat_train.config import (
+    MAX_SEED,
+    ConfigError,
+    TrainConfig,
+    deep_merge,
+    flatten,
+    parse_overrides,
+    unflatten,
+)
+from arat_train.safe_yaml import load_yaml, read_yaml_file
 
 SECTIONS = ("name", "description", "train", "scaling", "search", "space", "failure", "debug")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # of a trial's placement group
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRAIN_KEYS = TrainConfig().flat()  # every dotted TrainConfig key with its default
+# Upper bounds of the study's counts (README, "Preset schema"); the training values' bounds are in TrainConfig.
+MAX_TRIALS = 10_000
+MAX_CONCURRENT = 1_024
+MAX_FAILURES = 100  # restarts of a trial, or of its worker group (-1 = unlimited is allowed too)
+MAX_WORKERS = 1_024
+MAX_CPUS_PER_WORKER = 1_024
+MAX_GPUS_PER_WORKER = 16
+MAX_CHOICES = 100
 
 
 class SpecError(ConfigError):
     """A bad study preset or override; ``field`` is the dotted key in the preset."""
+
+    @classmethod
+    def of(cls, err: ConfigError) -> SpecError:
+        """The same refusal as a :class:`SpecError`."""
+        return cls(err.field, str(err).split(": ", 1)[1] if ": " in str(err) else str(err))
 
 
 @dataclass(frozen=True)
@@ -196,14 +216,11 @@ def trial_config(train: Mapping[str, Any], params: Mapping[str, Any]) -> TrainCo
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a preset file."""
+    """The raw mapping of a preset file, read strictly (:mod:`arat_train.safe_yaml`: size, text, no aliases)."""
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except OSError as err:
-        raise SpecError("--config", f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise SpecError("--config", f"{path} is not valid YAML: {err}") from None
+        data = read_yaml_file(path, "--config")
+    except ConfigError as err:
+        raise SpecError.of(err) from None
     if not isinstance(data, dict):
         raise SpecError("--config", f"{path} must hold a mapping with sections {', '.join(SECTIONS)}")
     return data
@@ -224,16 +241,16 @@ def apply_overrides(raw: Mapping[str, Any], pairs: Sequence[str]) -> dict[str, A
         if not sep or not key:
             raise SpecError(pair, "an override must look like section.key=value, e.g. search.num_samples=4")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise SpecError(key, f"the value {text!r} is not valid YAML: {err}") from None
-        head, _, rest = key.partition(".")
-        if head == "space" and rest:
-            out["space"] = _override_space(dict(out.get("space") or {}), rest, value)
-        elif head in SECTIONS:
-            out = deep_merge(out, parse_overrides([f"{key}={text}"]))
-        else:
-            out["train"] = deep_merge(out.get("train") or {}, parse_overrides([f"{key}={text}"]))
+            value = load_yaml(text, key)
+            head, _, rest = key.partition(".")
+            if head == "space" and rest:
+                out["space"] = _override_space(dict(out.get("space") or {}), rest, value)
+            elif head in SECTIONS:
+                out = deep_merge(out, parse_overrides([f"{key}={text}"]))
+            else:
+                out["train"] = deep_merge(out.get("train") or {}, parse_overrides([f"{key}={text}"]))
+        except ConfigError as err:
+            raise SpecError.of(err) from None
     return out
 
 
@@ -357,6 +374,11 @@ def _number(value: Any, field_name: str, *, integer: bool = False) -> Any:
     return value
 
 
+def _at_most(value: float, high: float, field_name: str, low: float, note: str = "") -> None:
+    if value > high:
+        raise SpecError(field_name, f"must be in [{low}, {high:,}]{note}, got {value:,}")
+
+
 def _bool(value: Any, field_name: str) -> bool:
     if not isinstance(value, bool):
         raise SpecError(field_name, f"expected true or false, got {value!r}")
@@ -382,11 +404,14 @@ def _scaling(data: dict[str, Any], cfg: TrainConfig) -> Scaling:
     workers = _number(data.get("num_workers", 1), "scaling.num_workers", integer=True)
     if workers < 1:
         raise SpecError("scaling.num_workers", f"must be >= 1, got {workers}")
+    _at_most(workers, MAX_WORKERS, "scaling.num_workers", 1)
     use_gpu = _bool(data.get("use_gpu", False), "scaling.use_gpu")
     cpus = _number(data.get("cpus_per_worker", 1), "scaling.cpus_per_worker")
     if cpus <= 0:
         raise SpecError("scaling.cpus_per_worker", f"must be > 0 (fractions allowed), got {cpus}")
+    _at_most(cpus, MAX_CPUS_PER_WORKER, "scaling.cpus_per_worker", 0, " (0 excluded)")
     gpus = _number(data.get("gpus_per_worker", 1 if use_gpu else 0), "scaling.gpus_per_worker")
+    _at_most(gpus, MAX_GPUS_PER_WORKER, "scaling.gpus_per_worker", 0)
     if use_gpu and gpus <= 0:
         raise SpecError("scaling.gpus_per_worker", f"must be > 0 when scaling.use_gpu is true, got {gpus}")
     if not use_gpu and gpus != 0:
@@ -410,12 +435,16 @@ def _search(data: dict[str, Any]) -> Search:
     if sampler not in SAMPLERS:
         raise SpecError("search.sampler", f"allowed: {', '.join(SAMPLERS)}; got {sampler!r}")
     seed = _number(data.get("seed", 0), "search.seed", integer=True)
+    if not 0 <= seed <= MAX_SEED:
+        raise SpecError("search.seed", f"must be in [0, {MAX_SEED:,}], got {seed}")
     num_samples = _number(data.get("num_samples", 8), "search.num_samples", integer=True)
     if num_samples < 1:
         raise SpecError("search.num_samples", f"must be >= 1, got {num_samples}")
+    _at_most(num_samples, MAX_TRIALS, "search.num_samples", 1)
     max_concurrent = _number(data.get("max_concurrent", 0), "search.max_concurrent", integer=True)
     if max_concurrent < 0:
         raise SpecError("search.max_concurrent", f"must be >= 0 (0 = what the cluster fits), got {max_concurrent}")
+    _at_most(max_concurrent, MAX_CONCURRENT, "search.max_concurrent", 0, " (0 = what the cluster fits)")
     enqueue = _bool(data.get("enqueue_defaults", True), "search.enqueue_defaults")
     options = _mapping(data.get("sampler_options"), "search.sampler_options")
     masking = float(_number(data.get("masking_threshold", 0.1), "search.masking_threshold"))
@@ -458,8 +487,9 @@ def _failure(data: dict[str, Any]) -> Failure:
     values = {}
     for key, default in (("max_failures", 1), ("train_max_failures", 2)):
         values[key] = _number(data.get(key, default), f"failure.{key}", integer=True)
-        if values[key] < -1:
-            raise SpecError(f"failure.{key}", f"must be >= 0, or -1 for unlimited; got {values[key]}")
+        if not -1 <= values[key] <= MAX_FAILURES:
+            raise SpecError(f"failure.{key}", f"must be in [0, {MAX_FAILURES}], or -1 for unlimited; "
+                                              f"got {values[key]}")
     return Failure(**values)
 
 
@@ -487,6 +517,8 @@ def _range(key: str, value: Any, train: Mapping[str, Any]) -> Range:
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
             raise SpecError(f"{where}.choices", f"expected a non-empty list, got {choices!r}")
+        if len(choices) > MAX_CHOICES:
+            raise SpecError(f"{where}.choices", f"at most {MAX_CHOICES} choices, got {len(choices)}")
         if any(isinstance(c, dict | list) for c in choices) or len({repr(c) for c in choices}) != len(choices):
             raise SpecError(f"{where}.choices", f"expected distinct scalar values, got {choices!r}")
         rng = Range("choice", choices=tuple(choices))

@@ -59,3 +59,19 @@ def local_dir(path: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="arat_ckpt_") as tmp:
         pyarrow.fs.copy_files(where, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
         yield tmp
+
+
+def read_bytes(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes from the start of ``path`` (a local path or a URI)."""
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as fh:
+        return bytes(fh.read(limit))
+
+
+def delete(path: str) -> None:
+    """Remove the file ``path`` if it is there."""
+    import pyarrow.fs
+
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_file(p)

@@ -7,7 +7,8 @@ and writes them through an explicit :class:`~mlflow.MlflowClient` (no global act
   ``code_version``) holding the resolved search space as params and ``search_space.yaml``;
 * a nested child run per trial (tags ``mlflow.parentRunId``, ``run_kind=trial``, ``trial_id``) with the trial's
   flat dotted params, per-epoch metrics (step = epoch) and final metrics; a failed trial ends ``FAILED`` with
-  tag ``failure_reason``;
+  tag ``failure_reason`` (one line) and artifact ``failure/error.txt`` (the whole error); a trial the study was
+  stopped in ends ``KILLED`` with tag ``interrupted = true``;
 * as trials finish, the parent gets metrics ``hypervolume`` and ``pareto_size`` (step = finished trials) and the
   artifacts ``pareto/{front.csv,trials.parquet,front.png,front.html,hypervolume.png}``; each finished child is
   tagged ``pareto`` (``true``/``false``) and ``pareto_rank`` (0 = front, -1 = an objective is NaN), re-tagged
@@ -20,8 +21,9 @@ and writes them through an explicit :class:`~mlflow.MlflowClient` (no global act
 Resume: :meth:`StudyTracker.start` finds the parent run by its ``study_name`` tag and every child by its
 ``trial_id`` tag and reuses them, rebuilding the front from the logged metrics and ``finish_order`` tags.
 
-Ray Tune's hooks reach the tracker through :class:`orchestrator.tune_callbacks.MLflowTuneCallback`; a front
-model is exported by :mod:`orchestrator.export`, imported only when a model is logged.
+Ray Tune's hooks reach the tracker through :class:`orchestrator.tune_callbacks.MLflowTuneCallback` and the write
+queue of :mod:`orchestrator.tracking_queue` (a background thread, so an unreachable server never stalls the study);
+a front model is exported by :mod:`orchestrator.export`, imported only when a model is logged.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import re
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -47,9 +51,11 @@ from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from arat_train.config import flatten
 
 from .names import (
+    FAILURE_ARTIFACT,
     FAILURE_TAG,
     FINISH_ORDER_TAG,
     FROM_MLFLOW,
+    INTERRUPTED_TAG,
     MASKING_TAG,
     MAXIMIZE,
     MODEL_ERROR_TAG,
@@ -66,7 +72,7 @@ from .names import (
     Status,
 )
 from .pareto import pareto_mask
-from .records import TrialRecord
+from .records import TrialRecord, one_line_reason
 from .report import build_front, write_report
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,35 @@ _BATCH = 100  # params or tags per log_batch
 def default_tracking_uri(directory: str | Path | None = None) -> str:
     """The embedded store: ``sqlite:////abs/dir/mlflow.db`` (absolute, as a ``ray job`` cwd is a temp dir)."""
     return f"sqlite:///{(Path(directory or Path.cwd()).resolve() / 'mlflow.db').as_posix()}"
+
+
+def store_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the MLflow store at ``uri`` cannot be used now, in one line, or None. Creates nothing (an MLflow client
+    would create a missing SQLite store) and waits at most ``timeout_s`` for a server."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            return f"no MLflow store at {path}"
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(16)
+        except OSError as err:
+            return f"cannot read the MLflow store {path}: {err.strerror}"
+        return None if header == b"SQLite format 3\x00" else f"{path} is not an SQLite database"
+    if uri.startswith(("http://", "https://")):
+        probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout_s):  # noqa: S310 - the user's tracking server
+                return None
+        except urllib.error.HTTPError:
+            return None  # it answered
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            return f"the MLflow server at {uri} does not answer ({reason})"
+    if uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        return None if path.is_dir() else f"no MLflow store at {path}"
+    return None
 
 
 def code_version() -> str:
@@ -105,7 +140,7 @@ def code_version() -> str:
         return "unknown"
 
 
-def _numeric(values: Mapping[str, Any]) -> dict[str, float]:
+def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """The real-number entries of a result dict (bools, strings, dicts and bookkeeping keys dropped)."""
     return {k: float(v) for k, v in values.items()
             if isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) and k not in _NOT_METRICS}
@@ -135,6 +170,7 @@ class _Trial:
     tags: dict[str, str] = field(default_factory=dict)  # current pareto tags
     model_uri: str = ""
     has_failure_tag: bool = False
+    has_interrupted_tag: bool = False
     stopped: bool = False  # ended early by the scheduler (its MLflow run is FINISHED, tag trial_status STOPPED)
 
 
@@ -189,18 +225,39 @@ class StudyTracker:
         self._load_trials()
         return self.parent_run_id
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", interrupted: bool = False) -> None:
         """End the parent run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``).
 
-        Child runs still ``RUNNING`` (trials whose end this driver never saw, e.g. not resumed after a restart)
-        end as ``KILLED``.
+        Child runs still ``RUNNING`` (trials whose end this driver never saw: the study was stopped, or they were
+        not resumed after a restart) end as ``KILLED`` with tag ``interrupted = true``; so does the parent of an
+        ``interrupted`` study. ``tags.interrupted = 'true'`` finds them; a resume continues them.
         """
         self._require_started()
         for trial in self._trials.values():
             if trial.status == "RUNNING":
+                self._log_tags(trial.run_id, {INTERRUPTED_TAG: "true", TRIAL_STATUS_TAG: Status.INTERRUPTED})
                 self.client.set_terminated(trial.run_id, "KILLED")
-                trial.status = "KILLED"
+                trial.status, trial.has_interrupted_tag = "KILLED", True
+        self._publish(new_finished=False)  # the report's table shows them INTERRUPTED
+        if interrupted:
+            self._log_tags(self.parent_run_id, {INTERRUPTED_TAG: "true"})
         self.client.set_terminated(self.parent_run_id, status)
+
+    def settings(self) -> dict[str, Any]:
+        """What :meth:`from_settings` needs to make this tracker again (in another process)."""
+        return {"tracking_uri": self.tracking_uri, "study_name": self.study_name, "space_yaml": self.space_yaml,
+                "params": self.params, "sampler": self.sampler, "seed": self.seed,
+                "code_version": self.code_version, "reference_point": list(self.reference_point),
+                "masking_threshold": self.masking_threshold}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], tracking_uri: str | None = None) -> StudyTracker:
+        """The tracker :meth:`settings` describes, writing to ``tracking_uri`` if given."""
+        fields = dict(settings)
+        uri = tracking_uri or fields.pop("tracking_uri")
+        fields.pop("tracking_uri", None)
+        study_name = fields.pop("study_name")
+        return cls(uri, study_name, **fields)
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (Tune pickles its RunConfig, callbacks included): the client is made again on use."""
@@ -254,6 +311,8 @@ class StudyTracker:
                 self.client.update_run(run.info.run_id, status="RUNNING")
             if run.data.tags.get("code_version") != self.code_version:
                 tags["code_version.resumed"] = self.code_version
+            if INTERRUPTED_TAG in run.data.tags:
+                self.client.delete_tag(run.info.run_id, INTERRUPTED_TAG)
             existing = dict(run.data.params)
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.study_name,
@@ -285,6 +344,7 @@ class StudyTracker:
                 finish_order=int(order) if order is not None else None,
                 tags={k: tags[k] for k in (PARETO_TAG, RANK_TAG, MASKING_TAG) if k in tags},
                 model_uri=tags.get(MODEL_URI_TAG, ""), has_failure_tag=FAILURE_TAG in tags,
+                has_interrupted_tag=INTERRUPTED_TAG in tags,
                 stopped=tags.get(TRIAL_STATUS_TAG) == Status.STOPPED,
             )
         log.info("study %r: reusing parent run %s with %d trial run(s)", self.study_name, self.parent_run_id,
@@ -305,20 +365,25 @@ class StudyTracker:
             if trial.has_failure_tag:
                 self.client.delete_tag(trial.run_id, FAILURE_TAG)
                 trial.has_failure_tag = False
+            if trial.has_interrupted_tag:
+                self.client.delete_tag(trial.run_id, INTERRUPTED_TAG)
+                trial.has_interrupted_tag = False
+            self._log_tags(trial.run_id, {TRIAL_STATUS_TAG: Status.RUNNING})
             trial.status = "RUNNING"
         self._log_params(trial.run_id, flatten(config), trial.params)
         return trial.run_id
 
-    def trial_result(self, trial_id: str, metrics: Mapping[str, Any], step: int) -> None:
-        """Log the numeric entries of one epoch's ``metrics`` at ``step`` (the 1-based epoch)."""
+    def trial_result(self, trial_id: str, metrics: Mapping[str, Any], step: int, time_ms: int | None = None) -> None:
+        """Log the numeric entries of one epoch's ``metrics`` at ``step`` (the 1-based epoch), stamped ``time_ms``
+        (when the result arrived; now by default)."""
         trial = self._trial(trial_id)
-        values = _numeric(metrics)
-        self._log_metrics(trial.run_id, values, step)
+        values = numeric_metrics(metrics)
+        self._log_metrics(trial.run_id, values, step, time_ms)
         trial.last_step, trial.last_logged = step, values
 
     def needs_checkpoint(self, final: Mapping[str, Any]) -> bool:
         """Whether a trial finishing with ``final`` metrics would be on the front (so its model gets logged)."""
-        values = _numeric(final)
+        values = numeric_metrics(final)
         candidate = [values.get(k, math.nan) for k in OBJECTIVES]
         finished = [[t.clean_acc, t.robust_acc] for t in self._trials.values()
                     if t.status == FINISHED and not t.stopped]
@@ -350,7 +415,7 @@ class StudyTracker:
         ``STOPPED`` and ``stopped_at_epoch``, never on the front (its figures are not final ones)."""
         trial = self._trial(trial_id)
         self._log_final(trial, final)
-        epoch = _numeric(final).get("epoch", math.nan)
+        epoch = numeric_metrics(final).get("epoch", math.nan)
         self._log_tags(trial.run_id, {TRIAL_STATUS_TAG: Status.STOPPED, STOPPED_AT_TAG: f"{epoch:g}"})
         self.client.set_terminated(trial.run_id, FINISHED)
         trial.status, trial.stopped = FINISHED, True
@@ -358,7 +423,7 @@ class StudyTracker:
 
     def _log_final(self, trial: _Trial, final: Mapping[str, Any]) -> None:
         """Log what of a trial's last result is not logged yet, and keep its objectives."""
-        values = _numeric(final)
+        values = numeric_metrics(final)
         step = trial.last_step if trial.last_step is not None else int(values.get("epoch", 0))
         unlogged = {k: v for k, v in values.items() if trial.last_logged.get(k) != v or step != trial.last_step}
         self._log_metrics(trial.run_id, unlogged, step)
@@ -368,10 +433,12 @@ class StudyTracker:
         trial.masking_gap = values.get("masking_gap", math.nan)
 
     def trial_failed(self, trial_id: str, reason: str) -> None:
-        """End the trial's run as ``FAILED`` with ``reason`` (its tail, if long) as tag ``failure_reason``."""
+        """End the trial's run as ``FAILED``: tag ``failure_reason`` is the reason in one line (the last line of a
+        traceback), and the whole ``reason`` text is the run's artifact ``failure/error.txt``."""
         trial = self._trial(trial_id)
-        reason = reason.strip() or "unknown error"
-        self._log_tags(trial.run_id, {FAILURE_TAG: reason[-_MAX_TAG:], TRIAL_STATUS_TAG: Status.FAILED})
+        text = reason.strip() or "unknown error"
+        self.client.log_text(trial.run_id, text + "\n", FAILURE_ARTIFACT)
+        self._log_tags(trial.run_id, {FAILURE_TAG: one_line_reason(text), TRIAL_STATUS_TAG: Status.FAILED})
         self.client.set_terminated(trial.run_id, "FAILED")
         trial.status, trial.has_failure_tag = "FAILED", True
         self._publish(new_finished=False)
@@ -404,10 +471,10 @@ class StudyTracker:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, tags=items[i:i + _BATCH])
 
-    def _log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
+    def _log_metrics(self, run_id: str, values: Mapping[str, float], step: int, time_ms: int | None = None) -> None:
         if values:
-            now = _now_ms()
-            self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+            stamp = _now_ms() if time_ms is None else time_ms
+            self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()])
 
     def _records(self) -> list[TrialRecord]:
         return [TrialRecord(trial_id=tid, run_id=t.run_id, status=Status.STOPPED if t.stopped else FROM_MLFLOW[t.status],
@@ -450,6 +517,8 @@ class StudyTracker:
                                        run_id=trial.run_id, step=trial.last_step or 0,
                                        tags={TRIAL_TAG: trial_id, STUDY_TAG: self.study_name}, params=trial.params)
         except Exception as exc:  # a missing or unreadable checkpoint must not stop the study
+            if store_problem(self.tracking_uri):
+                raise  # the store went away: the record waits (orchestrator.tracking_queue), not a model error
             log.warning("trial %s: could not log its model from %s: %s", trial_id, checkpoint_path, exc)
             self._log_tags(trial.run_id, {MODEL_ERROR_TAG: f"{type(exc).__name__}: {exc}"[-_MAX_TAG:]})
             return

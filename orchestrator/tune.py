@@ -6,7 +6,8 @@
 Inside a Ray job, or with ``RAY_ADDRESS`` set, it joins that cluster; otherwise it starts a local Ray. The preset
 (default ``search_spaces/quickstart.yaml``) is validated completely before Ray starts; a bad one exits with status
 2 and a message naming the field, and nothing is started or written. Results: ``<storage>/<study>/trials.parquet``
-and a console table of the trials and their Pareto front.
+and a console table of the trials and their Pareto front. SIGINT (Ctrl-C) or SIGTERM stops the study: its
+unfinished trials are INTERRUPTED in every record, it prints the command that resumes it and exits with status 130.
 """
 
 from __future__ import annotations
@@ -27,13 +28,23 @@ from typing import Any
 import yaml
 
 from arat_train.config import flatten
+from orchestrator import interrupt
 from orchestrator.capacity import check_cluster, check_local_gpus
-from orchestrator.names import OBJECTIVES
-from orchestrator.records import epochs_summary, finished, format_table, read_trials_table, table_path
+from orchestrator.names import OBJECTIVES, Status
+from orchestrator.records import (
+    TableError,
+    epochs_summary,
+    finished,
+    format_table,
+    read_trials_table,
+    table_path,
+)
 from orchestrator.space import SpecError, StudySpec, make_sampler, optuna_space
 from orchestrator.study import DEFAULT_PRESET, REPO, Study, plan_study
 
 log = logging.getLogger("orchestrator.tune")
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, for SIGTERM too
 
 
 class ClusterUnreachable(RuntimeError):
@@ -101,7 +112,7 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
     """The study's Tune callbacks: the trials table, MLflow tracking from the driver (the one writer), and the
     scheduler's state (Ray saves callbacks with the experiment, never the scheduler)."""
     from orchestrator.tracking import StudyTracker, code_version
-    from orchestrator.tune_callbacks import MLflowTuneCallback, TrialsTableCallback
+    from orchestrator.tune_callbacks import MLflowTuneCallback, StopSignalCallback, TrialsTableCallback
 
     spec = study.spec.to_dict()
     tracker = StudyTracker(
@@ -109,7 +120,8 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
         params={k: v for k, v in flatten(spec).items() if k != "description"},
         sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version(),
         masking_threshold=study.spec.search.masking_threshold)
-    callbacks = [TrialsTableCallback(study.path, study.spec.search.masking_threshold), MLflowTuneCallback(tracker)]
+    callbacks = [StopSignalCallback(), TrialsTableCallback(study.path, study.spec.search.masking_threshold),
+                 MLflowTuneCallback(tracker, study.path)]
     return callbacks + ([scheduler.state_callback()] if scheduler is not None else [])
 
 
@@ -155,18 +167,35 @@ def build_tuner(study: Study, concurrency: int) -> Any:
 
 
 def report(study: Study) -> int:
-    """Print the trials table (written by the study's callback) with the front; exit status 0 if any finished."""
-    frame = read_trials_table(study.path)
+    """Print the trials table (written by the study's callback) with the front; exit status 0 if any finished,
+    1 if none did, :data:`EXIT_INTERRUPTED` if a stop signal ended the study."""
+    try:
+        frame = read_trials_table(study.path)
+    except TableError as err:  # stopped before the table was written
+        print(f"no trials table: {err}", flush=True)
+        return interrupted(study, 0) if interrupt.received() else 1
     print(format_table(frame, list(study.spec.space)), flush=True)
     if study.spec.search.scheduler.type != "fifo":
         print(epochs_summary(frame), flush=True)
     print(f"trials table: {table_path(study.path)}", flush=True)
+    n_interrupted = int((frame["status"] == Status.INTERRUPTED).sum())
+    if n_interrupted or interrupt.received():
+        return interrupted(study, n_interrupted)
     if finished(frame).empty:
         return 1
     # The search ranked by PGD on the validation split: the next step is the test split and AutoAttack.
     print(f"verify the front: python -m orchestrator.verify --study {study.path} --tracking-uri "
           f"{study.tracking_uri}", flush=True)
     return 0
+
+
+def interrupted(study: Study, n_interrupted: int) -> int:
+    """Say that a stop signal ended the study and how to continue it; the exit status."""
+    signal_name = interrupt.received() or "a stop signal"
+    print(f"study {study.name} interrupted by {signal_name}: {n_interrupted} trial(s) INTERRUPTED; their last "
+          f"checkpoints are kept", flush=True)
+    print(f"resume it: {study.resume_command()}", flush=True)
+    return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterUnreachable as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("interrupted before the study started: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    interrupt.install()  # after ray.init, which sets its own SIGTERM handler
     print(f"study {study.name}: {study.spec.search.num_samples} trials, {concurrency} at a time, "
           f"{study.spec.search.sampler} sampler; storage {study.path}", flush=True)
-    if not study.resume:
-        study.write_spec()
-    build_tuner(study, concurrency).fit()
+    try:
+        if not study.resume:
+            study.write_spec()
+        build_tuner(study, concurrency).fit()
+    except KeyboardInterrupt:  # a signal outside Tune's graceful stop (a second one, or before fit began)
+        print(f"study {study.name} stopped at once by {' then '.join(interrupt.signals()) or 'a stop signal'}; "
+              "its trials table may still show unfinished trials as RUNNING", flush=True)
+        print(f"resume it: {study.resume_command()}", flush=True)
+        return EXIT_INTERRUPTED
     return report(study)
 
 

@@ -19,7 +19,8 @@ verified so far with that AutoAttack version, tags their runs ``pareto_verified`
 prints both fronts and the trials that left the front.
 
 Exit status: 0 when every selected trial was verified, 1 when some could not be (their error is in the table),
-2 for bad input (no study, no such trial, a bad option), before any evaluation.
+2 for bad input (no study, no such trial, a bad option, an MLflow store or experiment that is not there), before any
+evaluation.
 """
 
 from __future__ import annotations
@@ -82,6 +83,39 @@ def read_trials(study: str) -> pd.DataFrame:
     except TableError as err:
         raise VerifyError(f"--study: {err}; pass the study's directory, <storage-path>/<study name>, after its "
                           "first run") from None
+
+
+def check_tracking(study: str, given: str | None) -> str:
+    """The MLflow store the figures go to (``--tracking-uri``, else the study's stored one, else the default):
+    :class:`VerifyError` unless it and the study's experiment are there, so no evaluation runs for nothing."""
+    from mlflow import MlflowClient
+
+    from orchestrator.names import PENDING_RECORDS
+    from orchestrator.space import SpecError
+    from orchestrator.storage import exists
+    from orchestrator.study import stored_tracking_uri
+    from orchestrator.tracking import store_problem
+
+    try:
+        uri = given or stored_tracking_uri(study, "--study") or default_tracking_uri()
+    except SpecError as err:
+        raise VerifyError(str(err)) from None
+    problem = store_problem(uri)
+    if problem:
+        raise VerifyError(f"--tracking-uri: {problem}; pass the study's MLflow tracking URI")
+    name = Path(study.rstrip("/")).name
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(name)
+    except Exception as err:  # a store MLflow cannot read
+        raise VerifyError(f"--tracking-uri: cannot read the MLflow store at {uri}: "
+                          f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}") \
+            from None
+    if found is None:
+        pending = f"{study.rstrip('/')}/{PENDING_RECORDS}"
+        hint = (f"; its records wait in {pending}: log them first with python -m orchestrator.replay --study {study}"
+                if exists(absolute(pending)) else "; pass the study's MLflow tracking URI")
+        raise VerifyError(f"--tracking-uri: no MLflow experiment {name!r} at {uri}{hint}")
+    return uri
 
 
 def select_trials(frame: pd.DataFrame, which: str) -> pd.DataFrame:
@@ -253,7 +287,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--data-root", help="where the data set is, if not where the study trained")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, the embedded store)")
+                   help="MLflow tracking URI (default: the one stored with the study, else "
+                        "sqlite:///<cwd>/mlflow.db)")
     args = p.parse_args(argv)
     for name in ("n_examples", "batch_size"):
         value = getattr(args, name)
@@ -269,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trials = read_trials(args.study)
         chosen = select_trials(trials, args.trials)
+        uri = check_tracking(args.study, args.tracking_uri)
     except VerifyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -292,16 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_fronts(front, trials))
         if "://" not in args.study:  # a bucket study gets the plots in MLflow only
             print(f"plots: {', '.join(str(p) for p in write_verified(front, args.study).values())}")
-    uri = args.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        print(f"no MLflow store at {uri[len('sqlite:///'):]}: figures not logged there (pass --tracking-uri)")
-    else:
-        with tempfile.TemporaryDirectory(prefix="arat_verified_") as tmp:
-            if front is not None:
-                write_verified(front, tmp)
-            logged = log_to_mlflow(results, name, uri, args.split, args.version, front,
-                                   tmp if front is not None else None)
-        print(f"logged to {logged} MLflow run(s) at {uri}")
+    with tempfile.TemporaryDirectory(prefix="arat_verified_") as tmp:
+        if front is not None:
+            write_verified(front, tmp)
+        logged = log_to_mlflow(results, name, uri, args.split, args.version, front,
+                               tmp if front is not None else None)
+    print(f"logged to {logged} MLflow run(s) at {uri}")
     return 1 if any(r.error for r in results) else 0
 
 

@@ -67,24 +67,48 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+class MlflowServer:
+    """An ``mlflow server`` on 127.0.0.1 that can be stopped and started again on the same port and store, as a
+    tracking server that goes away and comes back."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> str:
+        """Start it (its SQLite store and artifacts under ``root`` are kept across restarts); wait for health."""
+        self.starts += 1
+        log_path = self.root / f"server{self.starts}.log"
+        cmd = [_mlflow_executable(), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port",
+               str(self.port), "--workers", "1"]
+        # MLflow 3.17's server also starts a job runner and seven huey consumers by default (GenAI jobs); a
+        # tracking test needs none of them, and without them the server starts in seconds instead of a minute.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                         start_new_session=True)
+        try:
+            _wait_healthy(self.uri, self.proc, log_path)
+        except Exception:
+            self.stop()
+            raise
+        return self.uri
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Yield the URI (``http://127.0.0.1:<port>``) of a fresh MLflow tracking server."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log_path = root / "server.log"
-    cmd = [_mlflow_executable(), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    # MLflow 3.17's server also starts a job runner and seven huey consumers by default (GenAI jobs); a tracking
-    # test needs none of them, and without them the server starts in seconds instead of a minute on 2 cores.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env,
-                                start_new_session=True)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
     try:
-        _wait_healthy(uri, proc, log_path)
-        yield uri
+        yield server.start()
     finally:
-        _stop(proc)
+        server.stop()

@@ -284,7 +284,8 @@ def test_nan_objectives_orphans_and_pickling(sqlite_uri: str) -> None:
     runs = {t: client.get_run(tracker.run_id(t)) for t in ("n", "ok", "orphan", "retry")}
     assert (runs["n"].data.tags["pareto"], runs["n"].data.tags["pareto_rank"]) == ("false", "-1")
     assert (runs["ok"].data.tags["pareto"], runs["ok"].data.tags["pareto_rank"]) == ("true", "0")
-    assert runs["orphan"].info.status == "KILLED" and "pareto" not in runs["orphan"].data.tags
+    assert runs["orphan"].info.status == "KILLED" and runs["orphan"].data.tags["interrupted"] == "true"
+    assert runs["orphan"].data.tags["pareto"] == "false" and "pareto_rank" not in runs["orphan"].data.tags
     assert runs["retry"].info.status == "FINISHED" and "failure_reason" not in runs["retry"].data.tags
     assert (runs["retry"].data.tags["pareto"], runs["retry"].data.tags["pareto_rank"]) == ("false", "1")
 

@@ -1,0 +1,202 @@
+"""Faults during a real study on a real local Ray cluster (``ray start --head``, 2 CPUs, token auth): the driver
+is stopped by SIGINT and by SIGTERM while trials run, and its MLflow server goes away for good mid-study.
+
+Kept to two small studies of the digits quick start (256 training images, 128 evaluation images).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+import pytest
+from conftest import PYTHON, REPO, RayCluster
+from conftest_mlflow import MlflowServer
+from mlflow import MlflowClient
+
+from orchestrator.pareto import pareto_mask
+
+pytestmark = pytest.mark.ray
+
+SHRINK = ["data.train_limit=256", "eval.max_examples=128", "arat.balance_samples=128"]
+STARTED = "started with configuration"  # Tune's console line when a trial starts
+
+
+def _sets(pairs: list[str]) -> list[str]:
+    return [arg for p in pairs for arg in ("--set", p)]
+
+
+def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: IO[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(condition: Callable[[], bool], timeout: float, driver: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert driver.poll() is None, f"the driver ended early:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-4000:]}"
+        time.sleep(0.5)
+
+
+def _finish(driver: subprocess.Popen[str], timeout: float) -> int:
+    try:
+        return driver.wait(timeout=timeout)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
+def _committed_epochs(study: Path) -> list[int]:
+    """The epoch of each trial's latest checkpoint that Ray Train has committed."""
+    import json
+
+    out = []
+    for snapshot in (study / "train_runs").glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        except (OSError, ValueError):  # being rewritten
+            continue
+        out.append(int(str(latest.get("checkpoint_dir_name") or "epoch_0").split("_")[1]))
+    return out
+
+
+def _runs(uri: str, study: str) -> tuple[list, dict]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    trials = {r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("run_kind") == "trial"}
+    assert len(parents) + len(trials) == len(runs)
+    return parents, trials
+
+
+def _resume_command(output: str) -> list[str]:
+    lines = [ln for ln in output.splitlines() if ln.startswith("resume it: ")]
+    assert len(lines) == 1, output[-3000:]
+    return shlex.split(lines[0].removeprefix("resume it: "))
+
+
+def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """SIGINT with both trials mid-run, then SIGTERM to the printed resume command as its trials start; the same
+    command then completes the study."""
+    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
+    storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study, table = storage / "stop", storage / "stop" / "trials.parquet"
+    first = tmp_path / "first.log"
+    with open(first, "w") as log:
+        driver = _start([PYTHON, str(REPO / "orchestrator" / "tune.py"), "--name", "stop", "--num-samples", "2",
+                         "--storage-path", str(storage), "--tracking-uri", uri,
+                         *_sets([*SHRINK, "optim.epochs=4"])], env, tmp_path, log)
+        _wait(lambda: sum(e >= 1 for e in _committed_epochs(study)) == 2, 420, driver, first)
+        os.kill(driver.pid, signal.SIGINT)
+        assert _finish(driver, 180) == 130, first.read_text()[-4000:]
+    output = first.read_text()
+    frame = pd.read_parquet(table)
+    assert len(frame) == 2 and (frame["status"] == "INTERRUPTED").all(), frame[["trial_id", "status"]]
+    assert not frame["pareto"].any() and (frame["pareto_rank"] == -1).all()  # never on the front
+    assert "Trials (2 interrupted)" in output and output.count(" INTERRUPTED ") >= 2
+    assert "study stop interrupted by SIGINT: 2 trial(s) INTERRUPTED" in output
+    command = _resume_command(output)
+    assert command == ["python", "orchestrator/tune.py", "--resume", "--name", "stop", "--storage-path",
+                       str(storage), "--tracking-uri", uri]
+    parents, trials = _runs(uri, "stop")
+    assert set(trials) == set(frame["trial_id"])
+    for run in [*parents, *trials.values()]:
+        assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
+
+    # The printed command, run from the repository (where no mlflow.db is), stopped by SIGTERM.
+    second = tmp_path / "second.log"
+    with open(second, "w") as log:
+        driver = _start([PYTHON, *command[1:]], env, REPO, log)
+        _wait(lambda: second.read_text().count(STARTED) == 2, 300, driver, second)
+        os.kill(driver.pid, signal.SIGTERM)
+        assert _finish(driver, 180) == 130, second.read_text()[-4000:]
+    output = second.read_text()
+    assert "study stop interrupted by SIGTERM" in output and _resume_command(output) == command
+    frame = pd.read_parquet(table)
+    assert set(frame["status"]) <= {"INTERRUPTED", "FINISHED"} and (frame["status"] == "INTERRUPTED").any()
+    _, trials = _runs(uri, "stop")
+    for row in frame.itertuples():
+        want = "KILLED" if row.status == "INTERRUPTED" else "FINISHED"
+        assert trials[row.trial_id].info.status == want
+
+    # And once more: the study completes where it stopped, with its stored tracking URI.
+    proc = subprocess.run([PYTHON, *command[1:]], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"python -m orchestrator.verify --study {study} --tracking-uri {uri}" in proc.stdout
+    frame = pd.read_parquet(table)
+    assert (frame["status"] == "FINISHED").all() and (frame["epoch"] == 4).all()
+    assert (frame["resumed_from_epoch"] >= 1).all()  # continued from the checkpoints, not from scratch
+    parents, trials = _runs(uri, "stop")
+    assert len(parents) == 1 and set(trials) == set(frame["trial_id"])  # no second parent or trial run
+    for run in [*parents, *trials.values()]:
+        assert run.info.status == "FINISHED" and "interrupted" not in run.data.tags
+    assert not (REPO / "mlflow.db").exists() and not (REPO / "runs").exists()
+
+
+def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """The server is stopped while the first of two trials runs and never comes back during the study: the next
+    trial is still scheduled, the study finishes and says what was not logged; the replay command then logs it
+    to the restarted server."""
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address, "ARAT_MLFLOW_WAIT_S": "5"}
+    storage = tmp_path / "runs"
+    study = storage / "outage"
+    path = tmp_path / "study.log"
+    try:
+        with open(path, "w") as log:
+            driver = _start([PYTHON, str(REPO / "orchestrator" / "tune.py"), "--name", "outage", "--num-samples", "2",
+                             "--storage-path", str(storage), "--tracking-uri", server.uri,
+                             *_sets([*SHRINK, "optim.epochs=2", "search.max_concurrent=1"])], env, tmp_path, log)
+
+            def first_trial_tracked() -> bool:
+                exp = MlflowClient(server.uri).get_experiment_by_name("outage")
+                return exp is not None and bool(MlflowClient(server.uri).search_runs(
+                    [exp.experiment_id], "tags.run_kind = 'trial'"))
+
+            _wait(lambda: path.read_text().count(STARTED) == 1 and first_trial_tracked(), 300, driver, path)
+            server.stop()
+            stopped_at, seen_at_stop = time.monotonic(), len(path.read_text())
+            rc = _finish(driver, 420)
+        down_for = time.monotonic() - stopped_at
+        output = path.read_text()
+        assert rc == 0, output[-4000:]
+        # Tune went on without the server: the second trial started after the stop, and the study ended.
+        assert output[seen_at_stop:].count(STARTED) == 1
+        assert down_for < 300
+        frame = pd.read_parquet(study / "trials.parquet")
+        assert len(frame) == 2 and (frame["status"] == "FINISHED").all()
+        # Said once, clearly; none of urllib3's retry warnings.
+        assert output.count("MLflow is unreachable") == 1 and "Retrying (Retry(" not in output
+        assert f"not logged; saved to {study}/mlflow_pending.jsonl" in output
+        replay = f"python -m orchestrator.replay --study {study}"
+        assert replay in output
+
+        server.start()
+        proc = subprocess.run([PYTHON, *shlex.split(replay)[1:]], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert not (study / "mlflow_pending.jsonl").exists()
+        parents, trials = _runs(server.uri, "outage")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert set(trials) == set(frame["trial_id"])
+        client = MlflowClient(server.uri)
+        for row in frame.itertuples():
+            run = trials[row.trial_id]
+            assert run.info.status == "FINISHED" and run.data.metrics["clean_acc"] == row.clean_acc
+            assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "robust_acc")}) == [1, 2]
+        tagged = [trials[t].data.tags["pareto"] == "true" for t in frame["trial_id"]]
+        assert tagged == pareto_mask(frame[["clean_acc", "robust_acc"]].to_numpy()).tolist()
+    finally:
+        server.stop()
