@@ -111,6 +111,7 @@ def make_scheduler(spec: StudySpec) -> Any:
 def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
     """The study's Tune callbacks: the trials table, MLflow tracking from the driver (the one writer), and the
     scheduler's state (Ray saves callbacks with the experiment, never the scheduler)."""
+    from orchestrator.console import LiveTable
     from orchestrator.tracking import StudyTracker, code_version
     from orchestrator.tune_callbacks import MLflowTuneCallback, StopSignalCallback, TrialsTableCallback
 
@@ -120,8 +121,10 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
         params={k: v for k, v in flatten(spec).items() if k != "description"},
         sampler=study.spec.search.sampler, seed=study.spec.search.seed, code_version=code_version(),
         masking_threshold=study.spec.search.masking_threshold)
+    scaling = study.spec.scaling
     callbacks = [StopSignalCallback(), TrialsTableCallback(study.path, study.spec.search.masking_threshold),
-                 MLflowTuneCallback(tracker, study.path)]
+                 MLflowTuneCallback(tracker, study.path),
+                 LiveTable(list(study.spec.space), scaling.num_workers, scaling.resources_per_worker())]
     return callbacks + ([scheduler.state_callback()] if scheduler is not None else [])
 
 
@@ -160,8 +163,10 @@ def build_tuner(study: Study, concurrency: int) -> Any:
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.search.num_samples,
                                     max_concurrent_trials=concurrency, trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_name),
+        # verbose=0: Tune's own table (which counted the trial drivers' 0 CPUs and none of the objectives) and its
+        # TensorBoard hint give way to the study's LiveTable; errors still reach the log.
         run_config=tune.RunConfig(name=study.name, storage_path=study.storage_path,
-                                  callbacks=make_callbacks(study, scheduler),
+                                  callbacks=make_callbacks(study, scheduler), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures)),
     )
 

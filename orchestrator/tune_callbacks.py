@@ -72,14 +72,17 @@ def stopped_early(trial: Trial) -> bool:
     return isinstance(epoch, int | float) and isinstance(budget, int | float) and epoch < budget
 
 
-def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord:
-    """The record of a Ray Tune trial: its status (``status`` when given), last result, config and error.
-
-    A trial that ended normally before its budget is ``STOPPED``, not ``FINISHED``."""
-    last = dict(trial.last_result or {})
+def trial_status(trial: Trial, status: Status | None = None) -> Status:
+    """A trial's status in the study's words: ``status`` when given, else Tune's translated; a trial that ended
+    normally before its budget is ``STOPPED``, not ``FINISHED``."""
     status = status or FROM_TUNE.get(str(trial.status), Status.PENDING)
-    if status == Status.FINISHED and stopped_early(trial):
-        status = Status.STOPPED
+    return Status.STOPPED if status == Status.FINISHED and stopped_early(trial) else status
+
+
+def record_from_trial(trial: Trial, status: Status | None = None) -> TrialRecord:
+    """The record of a Ray Tune trial: its status (:func:`trial_status`), last result, config and error."""
+    last = dict(trial.last_result or {})
+    status = trial_status(trial, status)
     return TrialRecord(
         trial_id=str(trial.trial_id), status=status,
         clean_acc=last.get(OBJECTIVES[0], float("nan")), robust_acc=last.get(OBJECTIVES[1], float("nan")),

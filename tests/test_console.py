@@ -1,0 +1,34 @@
+"""The live console table, from plain rows: the objectives and searched parameters per trial, the current front
+marked, and a resource line that counts the trials' workers."""
+
+from __future__ import annotations
+
+import math
+
+from orchestrator.console import Row, render, resource_line
+
+
+def test_table_shows_objectives_parameters_and_the_front() -> None:
+    rows = [Row("a", "FINISHED", 8, 8, 0.95, 0.30, {"arat.gamma": 1.5, "attack.eps": 20.0}),
+            Row("b", "FINISHED", 8, 8, 0.90, 0.45, {"arat.gamma": 30.0, "attack.eps": 30.0}),
+            Row("c", "FINISHED", 8, 8, 0.85, 0.25, {"arat.gamma": 300.0, "attack.eps": 25.0}),
+            Row("d", "RUNNING", 3, 8, 0.99, 0.99, {"arat.gamma": 2.0, "attack.eps": 12.0}),
+            Row("e", "STOPPED", 1, 8, 0.5, 0.1, {"arat.gamma": 9.0, "attack.eps": 40.0}),
+            Row("f", "PENDING", math.nan, 8, math.nan, math.nan, {"arat.gamma": 3.0, "attack.eps": 33.0})]
+    text = render(rows, ["arat.gamma", "attack.eps"], "2 trial(s) running, 1 worker(s) each: 2 of 2 CPUs")
+    lines = text.splitlines()
+    assert lines[0].startswith("Trials (3 finished, 1 running, 1 stopped, 1 pending); * = on the current front")
+    assert lines[0].endswith("2 trial(s) running, 1 worker(s) each: 2 of 2 CPUs")
+    assert lines[1].split() == ["trial", "status", "epoch", "clean_acc", "robust_acc", "gamma", "eps"]
+    marked = {line.split()[1] for line in lines[2:] if line.startswith("*")}
+    assert marked == {"a", "b"}  # c is dominated; d is better but still running, so not (yet) on the front
+    by_trial = {line.lstrip("* ").split()[0]: line.lstrip("* ").split() for line in lines[2:]}
+    assert by_trial["d"][1:5] == ["RUNNING", "3/8", "0.99", "0.99"] and by_trial["d"][5:] == ["2", "12"]
+    assert by_trial["f"][2:5] == ["-", "-", "-"]
+
+
+def test_resource_line_counts_the_workers_not_the_drivers() -> None:
+    line = resource_line(2, 2, {"CPU": 0.5}, {"CPU": 2.0})
+    assert line == "2 trial(s) running, 2 worker(s) each: 2 of 2 CPUs"
+    assert resource_line(1, 1, {"CPU": 4, "GPU": 1}, {"CPU": 16, "GPU": 1}) == \
+        "1 trial(s) running, 1 worker(s) each: 4 of 16 CPUs, 1 of 1 GPUs"
