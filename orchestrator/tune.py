@@ -30,21 +30,13 @@ import yaml
 from arat_train.config import flatten
 from orchestrator import interrupt
 from orchestrator.capacity import check_cluster, check_local_gpus
-from orchestrator.names import OBJECTIVES, Status
-from orchestrator.records import (
-    TableError,
-    epochs_summary,
-    finished,
-    format_table,
-    read_trials_table,
-    table_path,
-)
+from orchestrator.names import OBJECTIVES
 from orchestrator.space import SpecError, StudySpec, make_sampler, optuna_space
 from orchestrator.study import DEFAULT_PRESET, REPO, Study, plan_study
+from orchestrator.summary import EXIT_INTERRUPTED, final_report
 
 log = logging.getLogger("orchestrator.tune")
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, for SIGTERM too
 
 
 class ClusterUnreachable(RuntimeError):
@@ -171,38 +163,6 @@ def build_tuner(study: Study, concurrency: int) -> Any:
     )
 
 
-def report(study: Study) -> int:
-    """Print the trials table (written by the study's callback) with the front; exit status 0 if any finished,
-    1 if none did, :data:`EXIT_INTERRUPTED` if a stop signal ended the study."""
-    try:
-        frame = read_trials_table(study.path)
-    except TableError as err:  # stopped before the table was written
-        print(f"no trials table: {err}", flush=True)
-        return interrupted(study, 0) if interrupt.received() else 1
-    print(format_table(frame, list(study.spec.space)), flush=True)
-    if study.spec.search.scheduler.type != "fifo":
-        print(epochs_summary(frame), flush=True)
-    print(f"trials table: {table_path(study.path)}", flush=True)
-    n_interrupted = int((frame["status"] == Status.INTERRUPTED).sum())
-    if n_interrupted or interrupt.received():
-        return interrupted(study, n_interrupted)
-    if finished(frame).empty:
-        return 1
-    # The search ranked by PGD on the validation split: the next step is the test split and AutoAttack.
-    print(f"verify the front: python -m orchestrator.verify --study {study.path} --tracking-uri "
-          f"{study.tracking_uri}", flush=True)
-    return 0
-
-
-def interrupted(study: Study, n_interrupted: int) -> int:
-    """Say that a stop signal ended the study and how to continue it; the exit status."""
-    signal_name = interrupt.received() or "a stop signal"
-    print(f"study {study.name} interrupted by {signal_name}: {n_interrupted} trial(s) INTERRUPTED; their last "
-          f"checkpoints are kept", flush=True)
-    print(f"resume it: {study.resume_command()}", flush=True)
-    return EXIT_INTERRUPTED
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -232,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               "its trials table may still show unfinished trials as RUNNING", flush=True)
         print(f"resume it: {study.resume_command()}", flush=True)
         return EXIT_INTERRUPTED
-    return report(study)
+    return final_report(study)
 
 
 if __name__ == "__main__":

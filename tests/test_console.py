@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from conftest import REPO
+
 from orchestrator.console import Row, render, resource_line
 
 
@@ -32,3 +34,24 @@ def test_resource_line_counts_the_workers_not_the_drivers() -> None:
     assert line == "2 trial(s) running, 2 worker(s) each: 2 of 2 CPUs"
     assert resource_line(1, 1, {"CPU": 4, "GPU": 1}, {"CPU": 16, "GPU": 1}) == \
         "1 trial(s) running, 1 worker(s) each: 4 of 16 CPUs, 1 of 1 GPUs"
+
+
+def test_the_closing_lines_suggest_verification_with_its_time() -> None:
+    """Cheap AutoAttack's time on the test split, scaled from the trials' own APGD objective: here 10 s for 180
+    images at 25 iterations and 3 targets, so 10 * 2 (360 test images) * 1000 / 100 = 200 s per front model."""
+    import pandas as pd
+
+    from orchestrator.space import load_spec
+    from orchestrator.study import Study
+    from orchestrator.summary import cheap_verify_seconds, verify_hint
+
+    front = pd.DataFrame({"pareto": [True, True], "final_s": [10.0, 5.0], "final_examples": [180, 180],
+                          "config/eval.apgd_iters": [25, 25], "config/eval.apgd_targets": [3, 3]})
+    assert cheap_verify_seconds(front, 360) == 200 + 100
+    assert math.isnan(cheap_verify_seconds(front.drop(columns="final_s"), 360))  # a PGD objective: no estimate
+    spec = load_spec(REPO / "search_spaces" / "quickstart.yaml", ["data.test_size=360"])
+    study = Study(spec, "qs", "/s", "sqlite:////db", resume=False)
+    lines = verify_hint(study, front)
+    assert "(2 model(s), about 5 min here)" in lines[0]
+    assert lines[1].strip() == "python -m orchestrator.verify --study /s/qs --tracking-uri sqlite:////db --version cheap"
+    assert lines[3].strip().endswith("--trials <trial id>")

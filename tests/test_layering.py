@@ -26,7 +26,7 @@ def _imported(modules: list[str]) -> set[str]:
 
 @pytest.mark.parametrize("module", ["orchestrator.select", "orchestrator.tracking", "orchestrator.verify",
                                     "orchestrator.report", "orchestrator.records", "orchestrator.names",
-                                    "orchestrator.tracking_queue", "orchestrator.replay"])
+                                    "orchestrator.tracking_queue", "orchestrator.replay", "orchestrator.summary"])
 def test_mlflow_side_imports_neither_ray_nor_torch(module: str) -> None:
     loaded = _imported([module])
     assert not loaded & set(HEAVY), f"{module} imports {sorted(loaded & set(HEAVY))}"
