@@ -25,6 +25,7 @@ Layout (every section but ``train`` and ``space`` optional)::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,24 @@ class Scheduler:
     type: str = "fifo"
     grace_period: int = 1  # epochs before the first rung
     reduction_factor: float = 3.0  # eta: rungs eta apart, the top 1 / eta continue
+    # What a rung ranks: the epoch's own evaluation, or an annealed probe of it (arat_train's ProbeConfig: a thrown-
+    # away copy trained probe_fraction of an epoch at the decayed learning rate), which predicts the final
+    # objectives better before a step schedule's first decay.
+    rank_on: str = "epoch"
+    probe_fraction: float = 0.25
+
+    def rung_epochs(self, max_t: int) -> tuple[int, ...]:
+        """The epochs (1-based) at which a trial of ``max_t`` epochs meets a rung: ``grace * eta**k < max_t``."""
+        levels, level = [], float(self.grace_period)
+        while level < max_t:
+            levels.append(math.ceil(level - 1e-9))
+            level *= self.reduction_factor
+        return tuple(sorted(set(levels)))
+
+    @property
+    def metrics(self) -> tuple[str, str]:
+        """The result keys a rung ranks (the objectives, or their annealed probe's)."""
+        return ("probe_clean_acc", "probe_robust_acc") if self.rank_on == "probe" else ("clean_acc", "robust_acc")
 
 
 @dataclass(frozen=True)
@@ -341,6 +360,7 @@ def validate(raw: Mapping[str, Any], *, base_dir: str | Path | None = None) -> S
                                 f"the default {key} = {value!r} lies outside space.{key} {space[key].describe()}; "
                                 "widen the range, set train." + key + " inside it, or set enqueue_defaults: false")
     _check_scheduler(spec, cfg)
+    spec = dataclasses.replace(spec, train=_with_probes(spec.train, search.scheduler, cfg))
     make_sampler(search)  # sampler options are checked by building the sampler once
     return spec
 
@@ -456,7 +476,7 @@ def _search(data: dict[str, Any]) -> Search:
 
 
 def _scheduler(data: dict[str, Any]) -> Scheduler:
-    _check_keys(data, ("type", "grace_period", "reduction_factor"), "search.scheduler")
+    _check_keys(data, ("type", "grace_period", "reduction_factor", "rank_on", "probe_fraction"), "search.scheduler")
     kind = data.get("type", "fifo")
     if kind not in SCHEDULERS:
         raise SpecError("search.scheduler.type", f"allowed: {', '.join(SCHEDULERS)}; got {kind!r}")
@@ -466,7 +486,25 @@ def _scheduler(data: dict[str, Any]) -> Scheduler:
     eta = float(_number(data.get("reduction_factor", 3), "search.scheduler.reduction_factor"))
     if eta < 2:
         raise SpecError("search.scheduler.reduction_factor", f"must be >= 2 (eta: the top 1/eta continue), got {eta:g}")
-    return Scheduler(type=kind, grace_period=grace, reduction_factor=eta)
+    rank_on = data.get("rank_on", "epoch")
+    if rank_on not in ("epoch", "probe"):
+        raise SpecError("search.scheduler.rank_on", f"allowed: epoch, probe; got {rank_on!r}")
+    fraction = float(_number(data.get("probe_fraction", 0.25), "search.scheduler.probe_fraction"))
+    if not 0 < fraction <= 1:
+        raise SpecError("search.scheduler.probe_fraction", f"must be in (0, 1] (of an epoch), got {fraction:g}")
+    return Scheduler(type=kind, grace_period=grace, reduction_factor=eta, rank_on=rank_on, probe_fraction=fraction)
+
+
+def _with_probes(train: dict[str, Any], scheduler: Scheduler, cfg: TrainConfig) -> dict[str, Any]:
+    """A moasha study that ranks rungs on probes: every trial probes at the rung epochs."""
+    if scheduler.type != "moasha" or scheduler.rank_on != "probe":
+        return train
+    rungs = scheduler.rung_epochs(cfg.optim.epochs)
+    if cfg.probe.epochs and tuple(cfg.probe.epochs) != rungs:  # a stored study carries exactly these
+        raise SpecError("train.probe.epochs", f"is set by search.scheduler.rank_on: probe (the rung epochs, "
+                                              f"{list(rungs)}); leave it out")
+    probe = {"epochs": list(rungs), "fraction": scheduler.probe_fraction}
+    return deep_merge(train, {"probe": probe})
 
 
 def _check_scheduler(spec: StudySpec, cfg: TrainConfig) -> None:

@@ -97,7 +97,7 @@ def make_scheduler(spec: StudySpec) -> Any:
     from orchestrator.moasha import MOASHA
 
     return MOASHA(max_t=spec.train_config({}).optim.epochs, grace_period=s.grace_period,
-                  reduction_factor=s.reduction_factor)
+                  reduction_factor=s.reduction_factor, metrics=s.metrics)
 
 
 def make_callbacks(study: Study, scheduler: Any) -> list[Any]:

@@ -176,3 +176,24 @@ def test_scheduler_defaults_and_smoke_shrink() -> None:
     smoke = load_spec(QUICKSTART, ["search.scheduler={type: moasha, grace_period: 3}", "optim.epochs=8"],
                       smoke_test=True)
     assert smoke.train_config({}).optim.epochs == 2 and smoke.search.scheduler.grace_period == 1
+
+
+def test_rungs_can_rank_on_annealed_probes() -> None:
+    spec = load_spec(QUICKSTART, ["optim.epochs=8",
+                                  "search.scheduler={type: moasha, reduction_factor: 3, rank_on: probe}"])
+    assert spec.search.scheduler.rung_epochs(8) == (1, 3)
+    assert spec.search.scheduler.metrics == ("probe_clean_acc", "probe_robust_acc")
+    cfg = spec.train_config({})
+    assert (cfg.probe.epochs, cfg.probe.fraction) == ((1, 3), 0.25)  # every trial probes at the rungs
+    assert validate(spec.to_dict()).train_config({}).probe.epochs == (1, 3)  # a resumed study reads it back
+    # eta 2.5: rungs at 1, 2.5 and 6.25 epochs are met at the ends of epochs 1, 3 and 7.
+    odd = load_spec(QUICKSTART, ["optim.epochs=10", "search.scheduler={type: moasha, reduction_factor: 2.5}"])
+    assert odd.search.scheduler.rung_epochs(10) == (1, 3, 7) and odd.train_config({}).probe.epochs == ()
+    for overrides, field in ((["search.scheduler={type: moasha, rank_on: final}"], "search.scheduler.rank_on"),
+                             (["search.scheduler={type: moasha, rank_on: probe, probe_fraction: 0}"],
+                              "search.scheduler.probe_fraction"),
+                             (["search.scheduler={type: moasha, rank_on: probe}", "probe.epochs=[2]"],
+                              "train.probe.epochs")):
+        with pytest.raises(SpecError) as err:
+            load_spec(QUICKSTART, [*overrides, "optim.epochs=8"])
+        assert err.value.field == field, str(err.value)
