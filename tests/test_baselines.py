@@ -188,7 +188,7 @@ RUNS = {
     "trades": ["method=trades"],
 }
 # digits.yaml (8 epochs, PGD-5 training at eps 51/255), but the per-epoch metric is PGD-10 on 200 validation
-# images instead of PGD-20 on 397, to keep this file under a minute. PGD-AT needs all 8 epochs to leave chance.
+# images instead of PGD-20 on 360, to keep this file under a minute. PGD-AT needs all 8 epochs to leave chance.
 FAST = ["eval.attack.steps=10", "eval.max_examples=200", "perf.num_threads=1"]
 
 

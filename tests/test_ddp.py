@@ -53,7 +53,7 @@ def test_two_ranks_report_the_checkpointed_model(tmp_path: Path) -> None:
     for a, b in zip(r0, r1, strict=True):  # every rank hands over the same, global, numbers
         for key in ("clean_acc", "robust_acc", "eval_examples", "loss", "ce_adv", "balance_a"):
             assert a[key] == b[key], key
-    assert r0[-1]["eval_examples"] == 397  # both shards together: the whole validation split
+    assert r0[-1]["eval_examples"] == 360  # both shards together: the whole validation split
 
     ckpt = load_checkpoint(tmp_path / "ckpt" / CHECKPOINT_NAME)
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -71,4 +71,4 @@ def test_two_ranks_report_the_checkpointed_model(tmp_path: Path) -> None:
                 correct += int(c["clean"])
     finally:
         torch.set_num_threads(threads)
-    assert correct / 397 == r0[-1]["clean_acc"]
+    assert correct / 360 == r0[-1]["clean_acc"]
