@@ -213,7 +213,8 @@ def objective_counts(
             num_classes = int(net(x[:1]).shape[1])
         aa = _build_autoattack(net, "cheap", aa_attacks("cheap", attacks), eps=pgd.eps, norm=pgd.norm, seed=seed,
                                num_classes=num_classes, device=device)
-        aa.apgd.n_iter = aa.apgd_targeted.n_iter = iters
+        for attack in (aa.apgd, aa.apgd_targeted):
+            set_apgd_iters(attack, iters)
         aa.apgd_targeted.n_target_classes = min(targets, num_classes - 1)
         for idx in torch.arange(x.shape[0], device=device).split(batch_size):
             xb, yb = x[idx], y[idx]
@@ -230,6 +231,14 @@ def objective_counts(
                 worst = pgd_ok & (net(x_aa).argmax(1) == yb)
             counts += torch.stack([ok.sum(), pgd_ok.sum(), worst.sum(), torch.tensor(yb.numel(), device=device)])
     return counts
+
+
+def set_apgd_iters(attack: Any, iters: int) -> None:
+    """Give an APGD attack ``iters`` iterations: its step-size checkpoints are fractions of them, which the
+    reference implementation derives once, when the attack is built, so they are set again here."""
+    attack.n_iter = attack.n_iter_orig = iters
+    attack.n_iter_2, attack.n_iter_min = max(int(0.22 * iters), 1), max(int(0.06 * iters), 1)
+    attack.size_decr = max(int(0.03 * iters), 1)
 
 
 def _check_ball(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from arat_train.attacks import pgd_attack
-from arat_train.robustness import AdvBranch, _build_autoattack
+from arat_train.robustness import AdvBranch, _build_autoattack, set_apgd_iters
 from arat_train.train import build, make_optimizer, train_step
 from orchestrator.space import load_spec
 
@@ -78,7 +78,8 @@ def measure(preset: str, device: torch.device, batch: int, repeats: int,
                            num_classes=classes, device=device)
     # An APGD iteration costs the same throughout, so ``iters`` of them are timed and scaled to the preset's.
     timed = min(iters, ev.apgd_iters)
-    aa.apgd.n_iter = aa.apgd_targeted.n_iter = timed
+    for attack in (aa.apgd, aa.apgd_targeted):
+        set_apgd_iters(attack, timed)
     scale = ev.apgd_iters / timed
     targets = min(ev.apgd_targets, classes - 1)
     # APGD-T attacks each target class in turn, only the images still robust; a single target over every image,

@@ -72,7 +72,8 @@ def resource_line(running: int, workers: int, per_worker: Mapping[str, float], t
 
 
 class LiveTable(Callback):
-    """Print :func:`render`'s table when a trial ends, and at most every ``interval`` seconds as results come."""
+    """Print a line when a trial starts, :func:`render`'s table when one ends, and the table at most every
+    ``interval`` seconds as results come."""
 
     def __init__(self, searched: Sequence[str], workers: int, per_worker: Mapping[str, float],
                  interval: float = 15.0, out: TextIO | None = None) -> None:
@@ -112,6 +113,11 @@ class LiveTable(Callback):
         text = render(rows, self.searched, resource_line(running, self.workers, self.per_worker, self._total))
         print(text, file=self.out, flush=True)
         self._last = time.monotonic()
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        config = trial.config or {}
+        params = ", ".join(f"{k}={_fmt(config.get(k, ''))}" for k in self.searched)
+        print(f"trial {trial.trial_id} started: {params}", file=self.out, flush=True)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         if time.monotonic() - self._last >= self.interval:

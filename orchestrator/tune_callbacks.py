@@ -60,9 +60,15 @@ def status_at_end(trial: Trial, ended: Mapping[str, Status]) -> Status:
     tune_status = str(getattr(trial, "status", ""))
     if tune_status == "ERROR":
         return Status.FAILED
-    if tune_status == "TERMINATED" and (trial.last_result or {}).get("done"):
+    if tune_status == "TERMINATED" and ((trial.last_result or {}).get("done") or _reached_budget(trial)):
         return Status.FINISHED
     return Status.INTERRUPTED
+
+
+def _reached_budget(trial: Trial) -> bool:
+    """Whether a trial's last result is from its last epoch (it trained its whole budget)."""
+    epoch, budget = (trial.last_result or {}).get("epoch"), (trial.config or {}).get("optim.epochs")
+    return isinstance(epoch, int | float) and isinstance(budget, int | float) and epoch >= budget
 
 
 def stopped_early(trial: Trial) -> bool:
@@ -103,6 +109,13 @@ class TrialsTableCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({"ended": {}, **state})
+
+    def get_state(self) -> dict[str, Any]:
+        """Saved by Tune with every experiment checkpoint: the ends already seen survive a killed driver."""
+        return {"ended": {k: str(v) for k, v in self.ended.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ended = {k: Status(v) for k, v in (state.get("ended") or {}).items()}
 
     def write(self, trials: Sequence[Trial], ended: Mapping[str, Status] | None = None) -> str:
         """Write the table of ``trials``; ``ended`` gives the status of trials whose end Tune is recording."""

@@ -122,7 +122,7 @@ def test_pgd_restarts_only_lower_the_estimate(trained: tuple[nn.Module, ArrayDat
 
 def test_l2_threat_model(trained: tuple[nn.Module, ArrayData, Path]) -> None:
     model, val, _ = trained
-    kw = {"norm": "l2", "version": "cheap", "attacks": ["apgd-ce"], "n_examples": 32}
+    kw = {"norm": "l2", "version": "cheap", "n_examples": 32}  # APGD-CE and APGD-T
     small = autoattack_accuracy(model, val.x, val.y, eps=4.0, **kw)  # type: ignore[arg-type]
     large = autoattack_accuracy(model, val.x, val.y, eps=510.0, **kw)  # type: ignore[arg-type]
     pgd = pgd_accuracy(model, val.x, val.y, eps=510.0, norm="l2", n_examples=32)

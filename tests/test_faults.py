@@ -26,7 +26,7 @@ from orchestrator.pareto import pareto_mask
 pytestmark = pytest.mark.ray
 
 SHRINK = ["data.train_limit=256", "eval.max_examples=128", "arat.balance_samples=128"]
-STARTED = "started with configuration"  # Tune's console line when a trial starts
+STARTED = " started: "  # the study's console line when a trial starts (orchestrator.console)
 
 
 def _sets(pairs: list[str]) -> list[str]:

@@ -97,3 +97,16 @@ def test_apgd_settings_are_validated() -> None:
     for key in ("apgd_iters", "apgd_targets", "final_examples"):
         with pytest.raises(Exception, match=rf"eval\.{key}: must be >= "):
             TrainConfig.from_dict({"eval": {key: -1}})
+
+
+def test_fewer_apgd_iterations_move_the_step_size_checkpoints_too() -> None:
+    """An APGD built for 100 iterations and cut to 25 schedules its step size as one built for 25."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from arat_train.robustness import set_apgd_iters
+
+    model = nn.Linear(4, 3)
+    cut, fresh = APGDAttack(model, n_iter=100), APGDAttack(model, n_iter=25)
+    set_apgd_iters(cut, 25)
+    for key in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
+        assert getattr(cut, key) == getattr(fresh, key), key

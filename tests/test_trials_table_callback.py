@@ -78,3 +78,26 @@ def test_a_stopped_study_labels_its_unfinished_trials_interrupted(tmp_path: Path
     assert set(frame.index[frame["pareto"]]) == {"done", "earlier_ok"}
     assert (frame.loc[["running", "waiting", "earlier_err"], "pareto_rank"] == -1).all()
     assert status_at_end(trials[1], {}) == "INTERRUPTED"
+
+
+def test_ends_seen_before_a_killed_driver_survive_its_resume(tmp_path: Path) -> None:
+    """Tune saves callbacks' get_state with the experiment: a trial that finished, or that the scheduler stopped at
+    a rung, in a session whose driver was then killed keeps its status in the resumed session's table, although
+    its restored last result carries no ``done``."""
+    first = TrialsTableCallback(str(tmp_path))
+    finished, stopped = _trial("finished", "RUNNING"), _trial("stopped", "RUNNING")
+    for t in (finished, stopped):
+        t.config = {"arat.gamma": 1.0, "optim.epochs": 3}
+    finished.last_result, stopped.last_result = {**_result(0.9, 0.1, True), "epoch": 3}, _result(0.5, 0.05, True)
+    first.on_trial_complete(iteration=1, trials=[finished, stopped], trial=finished)
+    first.on_trial_complete(iteration=2, trials=[finished, stopped], trial=stopped)
+    resumed = TrialsTableCallback(str(tmp_path))
+    resumed.set_state(first.get_state())
+    for t in (finished, stopped):  # restored from the experiment state: TERMINATED, no done flag
+        t.status, t.last_result = "TERMINATED", {k: v for k, v in t.last_result.items() if k != "done"}
+    resumed.on_experiment_end(trials=[finished, stopped])
+    frame = read_trials_table(str(tmp_path)).set_index("trial_id")
+    assert frame["status"].to_dict() == {"finished": "FINISHED", "stopped": "STOPPED"}
+    # Without the saved state, a full-budget TERMINATED trial is still FINISHED; the stopped one cannot be told
+    # from one that a stop signal ended, so it is INTERRUPTED.
+    assert status_at_end(finished, {}) == "FINISHED" and status_at_end(stopped, {}) == "INTERRUPTED"

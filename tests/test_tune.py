@@ -133,8 +133,8 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "Pareto front" in proc.stdout
-    assert f"verify the front: python -m orchestrator.verify --study {storage / 'smoke'} --tracking-uri " \
-           f"{mlflow_server}" in proc.stdout
+    assert f"python -m orchestrator.verify --study {storage / 'smoke'} --tracking-uri {mlflow_server} " \
+           "--version cheap" in proc.stdout  # the closing lines: the verification to run next
     for noise in ("Reporting training result", "Started training worker group", "Setting up process group",
                   "Logical resource usage", "TensorBoard"):
         assert noise not in proc.stdout, noise  # Ray Train's INFO lines stay in its log files; Tune's table is off
