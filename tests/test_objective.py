@@ -106,7 +106,7 @@ def test_fewer_apgd_iterations_move_the_step_size_checkpoints_too() -> None:
     from arat_train.robustness import set_apgd_iters
 
     model = nn.Linear(4, 3)
-    cut, fresh = APGDAttack(model, n_iter=100), APGDAttack(model, n_iter=25)
+    cut, fresh = APGDAttack(model, n_iter=100, eps=0.1), APGDAttack(model, n_iter=25, eps=0.1)
     set_apgd_iters(cut, 25)
     for key in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
         assert getattr(cut, key) == getattr(fresh, key), key
