@@ -71,6 +71,10 @@ def connect(study: Study, autoscaling: bool = False) -> int:
     import ray
     import ray.exceptions
 
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local Ray is one machine that nothing preempts: Ray Train's preemption watcher (an actor per trial, and
+        # an error line per trial from Ray's core about its restartable constructor) has nothing to watch.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
         # A local Ray keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the State API,
         # which the dashboard serves, whether a trial's controller is still alive.
@@ -122,6 +126,7 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
 
 def build_tuner(study: Study, concurrency: int) -> Any:
     """A new Tuner for ``study``, or the restored one with ``--resume`` (whose callbacks were stored with it)."""
+    import optuna
     from ray import tune
 
     from orchestrator.searcher import BudgetOptunaSearch
@@ -140,6 +145,7 @@ def build_tuner(study: Study, concurrency: int) -> Any:
     if study.resume:
         return tune.Tuner.restore(study.path, trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
     searcher = BudgetOptunaSearch(  # a trial stopped before its epochs reaches Optuna as PRUNED
         space=optuna_space(spec),
         metric=list(OBJECTIVES), mode=["max", "max"],  # on the searcher only: a TuneConfig metric makes it 1-D
@@ -152,11 +158,13 @@ def build_tuner(study: Study, concurrency: int) -> Any:
     return tune.Tuner(
         trainable,
         param_space={k: v for k, v in spec.fixed_flat().items() if k not in spec.space},
+        # reuse_actors: a trial's driver (which only starts its TorchTrainer) is one process for every trial it runs.
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.search.num_samples,
                                     max_concurrent_trials=concurrency, trial_name_creator=trial_name,
-                                    trial_dirname_creator=trial_name),
-        # verbose=0: Tune's own table (which counted the trial drivers' 0 CPUs and none of the objectives) and its
-        # TensorBoard hint give way to the study's LiveTable; errors still reach the log.
+                                    trial_dirname_creator=trial_name, reuse_actors=True),
+        # verbose=0: Tune's own table (which counted the trial drivers' 0 CPUs and none of the objectives) gives way
+        # to the study's LiveTable (with Tune's legacy reporter, see main: the new one prints its configuration box
+        # and a TensorBoard hint at any verbosity); errors still reach the log.
         run_config=tune.RunConfig(name=study.name, storage_path=study.storage_path,
                                   callbacks=make_callbacks(study, scheduler), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures)),
@@ -166,6 +174,8 @@ def build_tuner(study: Study, concurrency: int) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its INFO lines about creating a database
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter, silent at verbose=0
     try:
         study = plan_study(args)  # everything is checked before Ray starts or anything is written
         if not os.environ.get("RAY_ADDRESS"):
