@@ -128,7 +128,8 @@ def _submit(cluster: RayCluster, name: str, storage: Path, args: list[str]) -> l
     return [RAY_BIN, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".", "--",
             "python", "orchestrator/tune.py", "--name", name, "--storage-path", str(storage),
             "--tracking-uri", f"sqlite:///{storage.parent / 'mlflow.db'}",
-            "--set", "scaling.placement_strategy=SPREAD", *args]
+            "--set", "scaling.placement_strategy=SPREAD", "--set", "scaling.num_workers=2",
+            "--set", "scaling.cpus_per_worker=0.5", *args]
 
 
 def _sets(pairs: list[str]) -> list[str]:

@@ -35,6 +35,8 @@ from orchestrator.pareto import pareto_mask
 
 pytestmark = pytest.mark.ray
 
+# Trials of 2 DDP workers of 0.5 CPU (the quick start's own trials have one worker): what the tests check of DDP.
+DDP = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]
 # The smoke shrink without --smoke-test's 2-epoch cap: 3 epochs, so a killed study has trials in mid-run.
 SHRUNK = ["data.train_limit=512", "eval.max_examples=512", "arat.balance_samples=256"]
 
@@ -128,7 +130,7 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
     storage = tmp_path / "runs"
     cmd = [RAY_BIN, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".", "--",
            "python", "orchestrator/tune.py", "--smoke-test", "--name", "smoke", "--storage-path", str(storage),
-           "--tracking-uri", mlflow_server, "--set", "debug.fail_trials=[1]"]
+           "--tracking-uri", mlflow_server, "--set", "debug.fail_trials=[1]", *_sets(DDP)]
     proc = subprocess.run(cmd, env=ray_cluster.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -169,9 +171,9 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
     # Rank 0 reported the accuracy of all ranks' shards: recompute it from the final checkpoint in one process.
     for row in finished.itertuples():
         assert row.checkpoint_path.endswith("epoch_0002") and Path(row.checkpoint_path, CHECKPOINT_NAME).is_file()
-        assert row.eval_examples == 397  # the all-reduced count: both ranks' shards
+        assert row.eval_examples == 200  # the all-reduced count of both ranks' shards: eval.max_examples
         clean, examples = _recomputed_clean_acc(row.checkpoint_path, world_size=2)
-        assert examples == 397 and clean == row.clean_acc
+        assert examples == 200 and clean == row.clean_acc
     _check_mlflow(mlflow_server, "smoke", frame)
 
 
@@ -215,7 +217,7 @@ def test_killed_moasha_study_resumes(ray_cluster: RayCluster, tmp_path: Path) ->
     storage, epochs = tmp_path / "runs", 3
     args = ["--name", "killed", "--num-samples", "4", "--storage-path", str(storage),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            *_sets([*SHRUNK, f"optim.epochs={epochs}", "search.max_concurrent=1",
+            *_sets([*SHRUNK, *DDP, f"optim.epochs={epochs}", "search.max_concurrent=1",
                     "search.scheduler={type: moasha, grace_period: 1, reduction_factor: 2}"])]
     study = storage / "killed"
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115
@@ -274,7 +276,7 @@ def test_killed_moasha_study_resumes(ray_cluster: RayCluster, tmp_path: Path) ->
 def test_refuses_more_gpus_than_the_cluster_has(ray_cluster: RayCluster, tmp_path: Path) -> None:
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
     proc = run_tune(["--storage-path", str(tmp_path / "runs"), *_sets(
-        ["scaling.use_gpu=true", "scaling.gpus_per_worker=1", "device=auto"])], env=env, cwd=tmp_path, timeout=180)
+        [*DDP, "scaling.use_gpu=true", "scaling.gpus_per_worker=1", "device=auto"])], env=env, cwd=tmp_path, timeout=180)
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert "error: scaling.gpus_per_worker: a trial needs 2 GPUs" in proc.stdout
     assert "the Ray cluster has 0" in proc.stdout
@@ -285,7 +287,7 @@ def test_refuses_a_placement_no_node_set_can_hold(ray_cluster: RayCluster, tmp_p
     """STRICT_SPREAD of 2 workers on a one-node cluster: enough CPUs in all, but its placement group would wait
     forever for a second node. Refused after joining, before any trial or file."""
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
-    proc = run_tune(["--storage-path", str(tmp_path / "runs"), *_sets(["scaling.placement_strategy=STRICT_SPREAD"])],
+    proc = run_tune(["--storage-path", str(tmp_path / "runs"), *_sets([*DDP, "scaling.placement_strategy=STRICT_SPREAD"])],
                     env=env, cwd=tmp_path, timeout=180)
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert ("error: scaling.placement_strategy: STRICT_SPREAD puts each of a trial's 2 workers on its own node, but "
