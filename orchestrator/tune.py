@@ -159,9 +159,13 @@ def build_tuner(study: Study, concurrency: int) -> Any:
         trainable,
         param_space={k: v for k, v in spec.fixed_flat().items() if k not in spec.space},
         # reuse_actors: a trial's driver (which only starts its TorchTrainer) is one process for every trial it runs.
+        # Not under moasha: Tune reuses a stopped trial's driver only if its thread ends within 2 s, and a thread
+        # blocked in TorchTrainer.fit does not, so the next trial would fail; a fresh driver per trial instead,
+        # and the stopped one's driver is killed with the Train controller and workers it owns.
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.search.num_samples,
                                     max_concurrent_trials=concurrency, trial_name_creator=trial_name,
-                                    trial_dirname_creator=trial_name, reuse_actors=True),
+                                    trial_dirname_creator=trial_name,
+                                    reuse_actors=spec.search.scheduler.type == "fifo"),
         # verbose=0: Tune's own table (which counted the trial drivers' 0 CPUs and none of the objectives) gives way
         # to the study's LiveTable (with Tune's legacy reporter, see main: the new one prints its configuration box
         # and a TensorBoard hint at any verbosity); errors still reach the log.

@@ -108,7 +108,7 @@ BAD_INPUTS = [
     (["space.arat.nope={low: 1, high: 2}"], "space.arat.nope", "allowed in arat"),
     (["search.num_samples=many"], "search.num_samples", "expected an integer"),
     (["optim.epochs=two"], "train.optim.epochs", "expected int"),
-    (["space.attack.eps.high=10"], "space.attack.eps", "must be < high"),
+    (["space.attack.eps.high=5"], "space.attack.eps", "must be < high"),
     (["space.attack.eps.low=-4"], "space.attack.eps", "must be >= 0"),
     (["space.attack.steps.low=0"], "space.attack.steps", "must be >= 1"),
     (["attack.steps=0"], "train.attack.steps", "must be >= 1"),
@@ -154,7 +154,7 @@ SCHEDULER_INPUTS = [
     (["search.scheduler={type: moasha, grace_period: 6}", "optim.epochs=6"], "search.scheduler.grace_period",
      "must be below the trial's epochs (train.optim.epochs = 6)"),
     (["search.scheduler={type: moasha, eta: 3}"], "search.scheduler.eta", "allowed keys here: type, grace_period"),
-    (["search.scheduler={type: moasha}", "space.optim.epochs={low: 2, high: 6}"], "space.optim.epochs",
+    (["search.scheduler={type: moasha}", "space.optim.epochs={low: 2, high: 10}"], "space.optim.epochs",
      "cannot be searched with search.scheduler.type: moasha"),
 ]
 
