@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import RAY_BIN, REPO, RayCluster, _stop, free_ports, run_tune, start_head
+from study_checks import mlflow_runs, optuna_trials
 
 from orchestrator.space import SpecError, load_spec
 
@@ -174,6 +175,21 @@ def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: Tw
     for trial in stopped.itertuples():  # its workers stopped at the rung: no later epoch was ever written
         written = sorted(int(p.name.split("_")[1]) for p in (runs / f"spread_{trial.trial_id}").glob("epoch_*"))
         assert written and written[-1] == trial.epoch, (trial.trial_id, written)
+    # Only full-budget trials make the front; Optuna holds COMPLETE with the final values for those and PRUNED for
+    # the stopped ones (never COMPLETE with a rung's figures); MLflow says STOPPED and where.
+    assert not stopped["pareto"].any() and (stopped["pareto_rank"] == -1).all() and finished["pareto"].any()
+    assert "early stopping: " in proc.stdout and "trials stopped at a rung" in proc.stdout
+    told = optuna_trials(storage / "spread")
+    for tid, row in frame.set_index("trial_id").iterrows():
+        expected = ("COMPLETE", [row.clean_acc, row.robust_acc]) if row.status == "FINISHED" else ("PRUNED", None)
+        assert told[str(tid)] == expected, (tid, row.status)
+    _, children = mlflow_runs(f"sqlite:///{storage.parent / 'mlflow.db'}", "spread")
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(frame["trial_id"])
+    for run in children:
+        row = frame.set_index("trial_id").loc[run.data.tags["trial_id"]]
+        assert run.info.status == "FINISHED" and run.data.tags["trial_status"] == row.status
+        if row.status == "STOPPED":
+            assert run.data.tags["pareto"] == "false" and run.data.tags["stopped_at_epoch"] == f"{row.epoch:g}"
 
 
 @pytest.mark.ray

@@ -1,30 +1,27 @@
 """End-to-end studies on a real Ray cluster (``ray start --head`` on 127.0.0.1, token auth, 2 CPUs).
 
 Kept few: one submitted smoke study checks completion, the Parquet table, a forced failure, what Optuna was told
-and the all-reduced accuracy; one moasha study has its driver killed and is resumed (stopped trials: STOPPED,
-PRUNED in Optuna, off the front); one run is refused for GPUs the cluster lacks.
+and the all-reduced accuracy; runs are refused for GPUs or a placement the cluster lacks. A moasha study's stopped
+trials (STOPPED, PRUNED in Optuna, off the front) are checked on the 2-node cluster (test_multinode.py), the
+resume of a killed moasha study in test_moasha_tune.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
 import subprocess
-import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PYTHON, RAY_BIN, REPO, RayCluster, run_tune
+from conftest import RAY_BIN, REPO, RayCluster, run_tune
 from conftest_mlflow import mlflow_server  # noqa: F401  (fixture)
 from mlflow import MlflowClient
+from study_checks import mlflow_runs, optuna_trials
 
 from arat_train.accuracy import accuracy_counts, eval_mode
 from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -71,34 +68,10 @@ def _recomputed_clean_acc(checkpoint_dir: str, world_size: int) -> tuple[float, 
     return clean / total, total
 
 
-def _optuna_trials(study_dir: Path) -> dict[str, tuple[str, list[float] | None]]:
-    """Tune trial id -> (Optuna state, values) from the searcher state Tune saved with the study."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(study_dir))
-    assert searcher._ot_study is not None
-    frozen = {t.number: t for t in searcher._ot_study.trials}
-    return {tid: (frozen[t.number].state.name, frozen[t.number].values) for tid, t in searcher._ot_trials.items()}
-
-
-def _mlflow_runs(uri: str, study: str) -> tuple[Any, list[Any]]:
-    """The study's parent run and its child runs, as the MLflow UI would list them."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(study)
-    assert exp is not None
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
-    assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1  # nothing outside the study's tree
-    return parents[0], children
-
-
 def _check_mlflow(uri: str, study: str, frame: pd.DataFrame) -> None:
     """One parent, one child per trial, per-epoch metrics, FAILED with its reason, Pareto tags, a loadable model."""
     client = MlflowClient(uri)
-    parent, children = _mlflow_runs(uri, study)
+    parent, children = mlflow_runs(uri, study)
     by_trial = {r.data.tags["trial_id"]: r for r in children}
     assert set(by_trial) == set(frame["trial_id"])
     finished = frame[frame["status"] == "FINISHED"]
@@ -163,7 +136,7 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
     assert (finished["epoch"] == 2).all()
 
     # Optuna was told the failure as a failure, and the finished trials' values as reported.
-    told = _optuna_trials(study)
+    told = optuna_trials(study)
     assert told[failed["trial_id"].iloc[0]] == ("FAIL", None)
     for row in finished.itertuples():
         assert told[row.trial_id] == ("COMPLETE", [row.clean_acc, row.robust_acc])
@@ -175,102 +148,6 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
         clean, examples = _recomputed_clean_acc(row.checkpoint_path, world_size=2)
         assert examples == 200 and clean == row.clean_acc
     _check_mlflow(mlflow_server, "smoke", frame)
-
-
-def _experiment_statuses(study_dir: Path) -> dict[str, str]:
-    states = sorted(study_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except (OSError, json.JSONDecodeError):  # being rewritten
-        return {}
-    out = {}
-    for trial_json, _ in data["trial_data"]:
-        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-        out[trial["trial_id"]] = trial["status"]
-    return out
-
-
-def _train_epochs(study_dir: Path) -> dict[str, int]:
-    """Tune trial id -> the epoch of the latest checkpoint its Train run has committed (0 if none yet).
-
-    Read from Ray Train's checkpoint-manager snapshot, which is what a restarted run resumes from: a checkpoint
-    directory already copied to storage but not yet in the snapshot does not count.
-    """
-    out = {}
-    for snapshot in (study_dir / "train_runs").glob("*_*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
-        except (OSError, json.JSONDecodeError):  # being rewritten
-            continue
-        name = str(latest.get("checkpoint_dir_name") or "epoch_0")
-        out[snapshot.parent.name.rsplit("_", 1)[1]] = int(name.split("_")[1])
-    return out
-
-
-def test_killed_moasha_study_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
-    """A moasha study (eta 2, rungs at epochs 1 and 2 of 3), one trial at a time: its driver is killed once one
-    trial has ended and another is mid-run; --resume completes the study with the scheduler's rungs restored.
-    Stopped trials are STOPPED in the table and MLflow, PRUNED in Optuna, and never on the front."""
-    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
-    storage, epochs = tmp_path / "runs", 3
-    args = ["--name", "killed", "--num-samples", "4", "--storage-path", str(storage),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            *_sets([*SHRUNK, *DDP, f"optim.epochs={epochs}", "search.max_concurrent=1",
-                    "search.scheduler={type: moasha, grace_period: 1, reduction_factor: 2}"])]
-    study = storage / "killed"
-    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    driver = subprocess.Popen([PYTHON, str(REPO / "orchestrator" / "tune.py"), *args], env=env, cwd=tmp_path,
-                              stdout=log, stderr=subprocess.STDOUT)
-    ended_before: set[str] = set()
-    try:
-        deadline = time.monotonic() + 480
-        while time.monotonic() < deadline and driver.poll() is None:
-            statuses, reached = _experiment_statuses(study), _train_epochs(study)
-            ended_before = {t for t, s in statuses.items() if s == "TERMINATED"}
-            midway = {t for t, e in reached.items() if 0 < e < epochs and statuses.get(t) == "RUNNING"}
-            if ended_before and midway:
-                break
-            time.sleep(0.5)
-        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert ended_before and midway, "the study never had an ended and a mid-run trial at once"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.close()
-    time.sleep(2)  # let the cluster notice the driver is gone and stop its trials
-
-    proc = run_tune(["--resume", "--name", "killed", "--storage-path", str(storage),
-                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    frame = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
-    assert len(frame) == 4 and frame["status"].isin(["FINISHED", "STOPPED"]).all(), frame[["status", "error"]]
-    finished, stopped = frame[frame["status"] == "FINISHED"], frame[frame["status"] == "STOPPED"]
-    assert len(stopped) >= 1 and len(finished) >= 1, frame[["status", "epoch"]]
-    assert (finished["epoch"] == epochs).all() and stopped["epoch"].isin([1, 2]).all()
-    assert not stopped["pareto"].any() and (stopped["pareto_rank"] == -1).all()
-    assert "early stopping: " in proc.stdout and "trials stopped at a rung" in proc.stdout
-    for trial_id in ended_before:  # kept: not trained again
-        assert frame.loc[trial_id, "resumed_from_epoch"] == 0
-    for trial_id in midway:  # continued from its last epoch, not from scratch
-        assert frame.loc[trial_id, "resumed_from_epoch"] >= 1
-    # Optuna: COMPLETE with the final values for full-budget trials, PRUNED for the stopped ones.
-    told = _optuna_trials(study)
-    for tid, row in frame.iterrows():
-        expected = ("COMPLETE", [row.clean_acc, row.robust_acc]) if row.status == "FINISHED" else ("PRUNED", None)
-        assert told[str(tid)] == expected, (tid, row.status)
-    # The embedded SQLite store: the resumed study reused its parent run and each trial's run.
-    _, children = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
-    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(frame.index)
-    assert all(r.info.status == "FINISHED" for r in children)
-    for run in children:
-        row = frame.loc[run.data.tags["trial_id"]]
-        assert run.data.tags["trial_status"] == row.status
-        if row.status == "STOPPED":
-            assert run.data.tags["pareto"] == "false" and run.data.tags["stopped_at_epoch"] == f"{row.epoch:g}"
 
 
 def test_refuses_more_gpus_than_the_cluster_has(ray_cluster: RayCluster, tmp_path: Path) -> None:
