@@ -75,6 +75,11 @@ def connect(study: Study, autoscaling: bool = False) -> int:
         # A local Ray is one machine that nothing preempts: Ray Train's preemption watcher (an actor per trial, and
         # an error line per trial from Ray's core about its restartable constructor) has nothing to watch.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Set before the local Ray starts, so every trial's driver and Train controller inherit them. The
+        # controller polls its workers every 2 s by default: a trial's end (and its next trial's start) waited
+        # up to that long. Train's Prometheus metrics feed a dashboard nobody watches on a laptop.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     try:
         # A local Ray keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the State API,
         # which the dashboard serves, whether a trial's controller is still alive.

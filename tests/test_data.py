@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +136,18 @@ def test_digits_split_sizes_are_checked_against_the_data_set() -> None:
     with pytest.raises(ConfigError, match=r"data.val_size: digits has 1797 images, 360 of them held out for test"):
         TrainConfig.from_dict({"data": {"dataset": "digits", "val_size": 1500}})
     assert TrainConfig.from_dict({"data": {"dataset": "digits", "val_size": 1436}}).data.val_size == 1436
+
+
+def test_digits_are_exactly_scikit_learns_and_load_without_importing_it() -> None:
+    code = ("import sys, numpy as np; from arat_train.data import _digits; x, y = _digits(8); "
+            "assert 'sklearn' not in sys.modules; np.save(sys.argv[1], x); np.save(sys.argv[2], y)")
+    with tempfile.TemporaryDirectory() as tmp:
+        xs, ys = Path(tmp, "x.npy"), Path(tmp, "y.npy")
+        subprocess.run([sys.executable, "-c", code, str(xs), str(ys)], check=True, cwd=Path(__file__).parent.parent)
+        x, y = np.load(xs), np.load(ys)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    np.testing.assert_array_equal(x[:, 0], bunch.images.astype(np.float32) / 16.0)
+    np.testing.assert_array_equal(y, bunch.target)
+    assert x.dtype == np.float32 and y.dtype == np.int64
