@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import RAY_BIN, REPO, RayCluster, _stop, free_ports, run_tune, start_head
+from conftest import NODE_ENV, RAY_BIN, REPO, RayCluster, _stop, free_ports, run_tune, start_head
 from study_checks import mlflow_runs, optuna_trials
 
 from orchestrator.space import SpecError, load_spec
@@ -88,7 +88,7 @@ def start_worker_node(cluster: RayCluster, num_cpus: int = 1) -> Node:
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     # SIGTERM drains the node for up to 2 s: Ray Train sees the drain as a preemption of the ranks there.
     with open(temp_dir / "ray_start.log", "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, env={**cluster.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"},
+        proc = subprocess.Popen(cmd, env={**cluster.env, **NODE_ENV},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         return Node(proc, _wait_for_node(cluster, proc), temp_dir)
@@ -144,7 +144,7 @@ def _sets(pairs: list[str]) -> list[str]:
 def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: TwoNodes, tmp_path: Path) -> None:
     """A submitted moasha study of SPREAD trials (2 DDP workers of 1 CPU: one rank on each node), eta 2 with rungs
     at epochs 1 and 2 of 3. The cluster (2 + 1 CPUs) holds one trial at a time, and the second node one worker: a
-    trial stopped at a rung stops training (no later epoch is written), and the next trial can only get its rank on
+    trial stopped at a rung stops training (no epoch after the one in flight is written), and the next trial can only get its rank on
     the second node once the stopped one's worker there is gone."""
     cluster, storage = two_nodes.cluster, tmp_path / "runs"
     assert two_nodes.second.proc.poll() is None, "the second node is gone (the node-loss test runs last)"
@@ -172,9 +172,10 @@ def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: Tw
     stopped, finished = frame[frame["status"] == "STOPPED"], frame[frame["status"] == "FINISHED"]
     assert len(stopped) >= 1 and stopped["epoch"].isin([1, 2]).all() and (finished["epoch"] == 3).all()
     runs = storage / "spread" / "train_runs"
-    for trial in stopped.itertuples():  # its workers stopped at the rung: no later epoch was ever written
+    for trial in stopped.itertuples():  # its workers stopped after the rung: at most the epoch in flight when the
+        # stop reached them was written (a report does not wait for Tune's decision), never one after it
         written = sorted(int(p.name.split("_")[1]) for p in (runs / f"spread_{trial.trial_id}").glob("epoch_*"))
-        assert written and written[-1] == trial.epoch, (trial.trial_id, written)
+        assert written and trial.epoch <= written[-1] <= trial.epoch + 1, (trial.trial_id, written)
     # Only full-budget trials make the front; Optuna holds COMPLETE with the final values for those and PRUNED for
     # the stopped ones (never COMPLETE with a rung's figures); MLflow says STOPPED and where.
     assert not stopped["pareto"].any() and (stopped["pareto_rank"] == -1).all() and finished["pareto"].any()
