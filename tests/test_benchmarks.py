@@ -52,3 +52,51 @@ def test_eval_attacks_benchmark_writes_its_table(tmp_path: Path) -> None:
     assert list(rows) == ["pgd20", "autoattack-cheap", "autoattack-standard"]
     for r in rows.values():
         assert r["n"] == 16 and r["seconds"] > 0 and 0 <= r["robust_acc"] <= r["clean_acc"] <= 1
+
+
+def test_objective_cost_benchmark_writes_its_shares(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    proc = _run("objective_cost.py", ["search_spaces/quickstart.yaml", "--threads", "1", "--batch", "4",
+                                      "--repeats", "1", "--iters", "2", "--profile", "1,1", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["preset"] == "quickstart.yaml" and row["final_examples"] == 200 and row["apgd_targets"] == 3
+    for key in ("train_s_per_image", "pgd_s_per_image", "apgd_ce_s_per_image", "apgd_t_s_per_image"):
+        assert row[key] > 0, key
+    per_image = row["pgd_s_per_image"] + row["apgd_ce_s_per_image"] + row["apgd_t_s_per_image"]
+    assert row["shares"]["1/1"] == per_image * 200 / (row["train_s_per_image"] * 1077 * 6)
+
+
+def test_search_efficiency_replays_recorded_curves_through_the_study_code(tmp_path: Path) -> None:
+    """record_curves.py trains a real pool (3 configurations, 2 epochs, 128 images); search_efficiency.py replays it
+    through BudgetOptunaSearch and MOASHA: fifo trains every epoch of every trial, moasha no more, and each
+    hypervolume is that of the full-budget trials' recorded final objectives."""
+    curves, out, plot = tmp_path / "curves.json", tmp_path / "se.json", tmp_path / "se.png"
+    proc = _run("record_curves.py", ["--pool", "3", "--set", "optim.epochs=2", "--set", "data.train_limit=128",
+                                     "--set", "eval.max_examples=48", "--output", str(curves)])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    recorded = json.loads(curves.read_text())
+    assert recorded["epochs"] == 2 and len(recorded["configs"]) == 3
+    first = recorded["configs"][0]["epochs"]
+    assert [e["epoch"] for e in first] == [1, 2] and "probe_robust_acc" in first[0] and "probe_seconds" not in first[1]
+    assert all(0 <= e["robust_acc"] <= e["clean_acc"] <= 1 for c in recorded["configs"] for e in c["epochs"])
+
+    proc = _run("search_efficiency.py", ["--curves", str(curves), "--seeds", "2", "--fifo-trials", "3",
+                                         "--moasha-trials", "5", "--settings", "1:2:epoch,1:2:probe",
+                                         "--trial-overhead-s", "1", "--output", str(out), "--plot", str(plot)])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["setting"] for r in report["table"]] == ["fifo", "moasha g1 eta2 epoch", "moasha g1 eta2 probe"]
+    fifo = report["table"][0]
+    assert fifo["full_budget_trials"] == [3, 3] and fifo["epochs_end"] == [1.0, 1.0]
+    for name, histories in report["histories"].items():
+        for history in histories:
+            assert history, name
+            hv = [h["hypervolume"] for h in history]
+            assert hv == sorted(hv) and all(0 <= v <= report["pool_hypervolume"] + 1e-12 for v in hv)
+            epochs = [h["epochs"] for h in history]
+            assert epochs == sorted(epochs) and epochs[-1] <= (3 if name == "fifo" else 5) * 2
+    for row in report["table"][1:]:  # 5 trials of 2 epochs, at least the first two at full budget
+        assert all(2 <= n <= 5 for n in row["full_budget_trials"])
+    assert {r["rank_on"] for r in report["rungs"]} == {"epoch", "probe"} and report["rungs"][0]["epoch"] == 1
+    assert plot.stat().st_size > 10_000
