@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         full = frame[frame["status"] == "FINISHED"]
         result: dict = {
             "study_wall_s": round(study_s, 1), "trials": len(frame),
-            "finished": int((frame["status"] == "FINISHED").sum()),
+            "finished": len(full),
             "stopped": int((frame["status"] == "STOPPED").sum()),
             "trial_epochs": int(frame["epoch"].fillna(0).sum()),
             # of the full-budget trials' (clean_acc, robust_acc), against the reference of --hv-reference

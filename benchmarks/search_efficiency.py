@@ -39,10 +39,12 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -175,19 +177,10 @@ def spent_to_reach(history: list[dict[str, float]], key: str, target: float) -> 
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def ranks(x: np.ndarray) -> np.ndarray:  # average ranks for ties
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=float)
-        for v in np.unique(x):
-            tie = x == v
-            r[tie] = r[tie].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation (NaN when either side is constant)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(a, b).statistic)
 
 
 def rung_statistics(pool: Pool, eta: float) -> list[dict[str, Any]]:

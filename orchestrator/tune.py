@@ -39,6 +39,12 @@ log = logging.getLogger("orchestrator.tune")
 
 
 
+# Ray Train settings for a local Ray, unless already set. A Train controller polls its workers every 2 s by
+# default, so a trial's end (and its next trial's start) waited up to that long; Train's Prometheus metrics feed a
+# dashboard nobody watches on a laptop. Nodes started with ``ray start`` take them from their own environment.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_METRICS_ENABLED": "0"}
+
+
 class ClusterUnreachable(RuntimeError):
     """``RAY_ADDRESS`` names a cluster this process cannot join."""
 
@@ -75,11 +81,8 @@ def connect(study: Study, autoscaling: bool = False) -> int:
         # A local Ray is one machine that nothing preempts: Ray Train's preemption watcher (an actor per trial, and
         # an error line per trial from Ray's core about its restartable constructor) has nothing to watch.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        # Set before the local Ray starts, so every trial's driver and Train controller inherit them. The
-        # controller polls its workers every 2 s by default: a trial's end (and its next trial's start) waited
-        # up to that long. Train's Prometheus metrics feed a dashboard nobody watches on a laptop.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        for key, value in LOCAL_TRAIN_ENV.items():  # before the local Ray starts: its processes inherit them
+            os.environ.setdefault(key, value)
     try:
         # A local Ray keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the State API,
         # which the dashboard serves, whether a trial's controller is still alive.

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.tune import LOCAL_TRAIN_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 RAY_BIN = str(Path(sys.executable).parent / "ray")
@@ -106,8 +108,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 # Set on every node a test starts: a short drain on shutdown, and what tune.py sets for a local Ray (a Train
 # controller polling its workers every 0.5 s, not 2 s, without Prometheus metrics), so trials end sooner.
-NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-            "RAY_TRAIN_METRICS_ENABLED": "0"}
+NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **LOCAL_TRAIN_ENV}
 
 
 def start_head(env: dict[str, str], num_cpus: int = 2) -> tuple[subprocess.Popen[bytes], RayCluster]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from conftest import REPO
 
+from orchestrator.space import load_spec
+
 
 def _run(script: str, args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, text=True,
@@ -64,7 +66,9 @@ def test_objective_cost_benchmark_writes_its_shares(tmp_path: Path) -> None:
     for key in ("train_s_per_image", "pgd_s_per_image", "apgd_ce_s_per_image", "apgd_t_s_per_image"):
         assert row[key] > 0, key
     per_image = row["pgd_s_per_image"] + row["apgd_ce_s_per_image"] + row["apgd_t_s_per_image"]
-    assert row["shares"]["1/1"] == per_image * 200 / (row["train_s_per_image"] * 1077 * 6)
+    cfg = load_spec(REPO / "search_spaces" / "quickstart.yaml").train_config({})
+    train_images = 1797 - cfg.data.val_size - cfg.data.test_size  # digits' training split
+    assert row["shares"]["1/1"] == per_image * 200 / (row["train_s_per_image"] * train_images * cfg.optim.epochs)
 
 
 def test_search_efficiency_replays_recorded_curves_through_the_study_code(tmp_path: Path) -> None:

@@ -144,8 +144,8 @@ def _sets(pairs: list[str]) -> list[str]:
 def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: TwoNodes, tmp_path: Path) -> None:
     """A submitted moasha study of SPREAD trials (2 DDP workers of 1 CPU: one rank on each node), eta 2 with rungs
     at epochs 1 and 2 of 3. The cluster (2 + 1 CPUs) holds one trial at a time, and the second node one worker: a
-    trial stopped at a rung stops training (no epoch after the one in flight is written), and the next trial can only get its rank on
-    the second node once the stopped one's worker there is gone."""
+    trial stopped at a rung stops training (no epoch after the one in flight is written), and the next trial can
+    only get its rank on the second node once the stopped one's worker there is gone."""
     cluster, storage = two_nodes.cluster, tmp_path / "runs"
     assert two_nodes.second.proc.poll() is None, "the second node is gone (the node-loss test runs last)"
     # Rung decisions that cannot go either way: the only searched key is the learning rate, the first trial runs the
@@ -180,14 +180,14 @@ def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: Tw
     # the stopped ones (never COMPLETE with a rung's figures); MLflow says STOPPED and where.
     assert not stopped["pareto"].any() and (stopped["pareto_rank"] == -1).all() and finished["pareto"].any()
     assert "early stopping: " in proc.stdout and "trials stopped at a rung" in proc.stdout
-    told = optuna_trials(storage / "spread")
-    for tid, row in frame.set_index("trial_id").iterrows():
+    told, by_id = optuna_trials(storage / "spread"), frame.set_index("trial_id")
+    for tid, row in by_id.iterrows():
         expected = ("COMPLETE", [row.clean_acc, row.robust_acc]) if row.status == "FINISHED" else ("PRUNED", None)
         assert told[str(tid)] == expected, (tid, row.status)
     _, children = mlflow_runs(f"sqlite:///{storage.parent / 'mlflow.db'}", "spread")
     assert sorted(r.data.tags["trial_id"] for r in children) == sorted(frame["trial_id"])
     for run in children:
-        row = frame.set_index("trial_id").loc[run.data.tags["trial_id"]]
+        row = by_id.loc[run.data.tags["trial_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["trial_status"] == row.status
         if row.status == "STOPPED":
             assert run.data.tags["pareto"] == "false" and run.data.tags["stopped_at_epoch"] == f"{row.epoch:g}"
