@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from .ray_internals import cluster_config
 from .space import Scaling, SpecError, StudySpec
 
 log = logging.getLogger(__name__)
@@ -134,16 +135,10 @@ def _gpu_message(s: Scaling, have: float, where: str) -> str:
 def autoscaler_node_types() -> list[NodeShape] | None:
     """The node types an autoscaler published in the joined cluster's GCS; None when there is no such record.
 
-    Read through Ray's private ``ray._private.state`` (as Ray Data does): the one place that uses a private Ray
-    API. If a Ray release moves or changes it, the answer is None and the launcher's config is tried instead.
+    Read through :func:`orchestrator.ray_internals.cluster_config` (a private Ray API): if a Ray release moves or
+    changes it, the answer is None and the launcher's config is tried instead.
     """
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception as err:  # a private reader: never let it stop a study
-        log.debug("no autoscaler record in the GCS: %s", err)
-        return None
+    config = cluster_config()
     if config is None:
         return None
     return [NodeShape(float(g.resources.get("CPU", 0)), float(g.resources.get("GPU", 0)),

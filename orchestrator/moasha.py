@@ -42,6 +42,8 @@ from .pareto import rung_continues
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+    from .space import StudySpec
+
 STATE_VERSION = 1
 
 
@@ -255,3 +257,13 @@ def _as_float(value: Any) -> float:
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def study_scheduler(spec: StudySpec) -> MOASHA | None:
+    """The trial scheduler of ``search.scheduler``: None (Tune's FIFO, every trial runs its budget) or MOASHA, whose
+    ``max_t`` is the trial's ``optim.epochs``."""
+    s = spec.search.scheduler
+    if s.type == "fifo":
+        return None
+    return MOASHA(max_t=spec.train_config({}).optim.epochs, grace_period=s.grace_period,
+                  reduction_factor=s.reduction_factor, metrics=s.metrics)

@@ -46,6 +46,10 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from .names import OBJECTIVES
+from .ray_internals import optuna_search_trial
+from .space import StudySpec, make_sampler, optuna_space
+
 log = logging.getLogger(__name__)
 
 
@@ -78,15 +82,20 @@ class BudgetOptunaSearch(OptunaSearch):
         return _number(value)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        found = optuna_search_trial(self, trial_id)
+        if found is None:  # OptunaSearch's internals changed: it tells the trial itself (COMPLETE, its last values)
+            log.error("cannot reach OptunaSearch's trial %s on this Ray: told as OptunaSearch tells it, not PRUNED",
+                      trial_id)
+            super().on_trial_complete(trial_id, result, error)
+            return
+        ot_trial, study, completed = found
+        if trial_id in completed:
             log.warning("Received another completion of trial %s, which already finished; ignored", trial_id)
             return
-        ot_trial = self._ot_trials[trial_id]
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         state, values = self._verdict(ot_trial, metrics, result, error)
-        assert self._ot_study is not None  # a trial was suggested, so the study exists
-        self._ot_study.tell(ot_trial, values, state=state)
-        self._completed_trials.add(trial_id)
+        study.tell(ot_trial, values, state=state)
+        completed.add(trial_id)
 
     def _verdict(self, ot_trial: optuna.Trial, metrics: list[str], result: dict[str, Any] | None,
                  error: bool) -> tuple[optuna.trial.TrialState, list[float] | None]:
@@ -116,3 +125,17 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def study_searcher(spec: StudySpec, study_name: str) -> BudgetOptunaSearch:
+    """The study's searcher: the preset's Optuna sampler on its space, both objectives maximised, the preset's
+    default point first (``search.enqueue_defaults``), each trial's budget its ``optim.epochs``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
+    return BudgetOptunaSearch(
+        space=optuna_space(spec),
+        metric=list(OBJECTIVES), mode=["max", "max"],  # on the searcher only: a TuneConfig metric makes it 1-D
+        points_to_evaluate=[spec.default_point()] if spec.search.enqueue_defaults else None,
+        sampler=make_sampler(spec.search),
+        study_name=study_name,
+        budget_param="optim.epochs",
+    )

@@ -35,6 +35,7 @@ from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig
 from arat_train.train import TrainingDiverged, train
 
+from .ray_internals import train_report_logger
 from .space import trial_config
 from .storage import exists, read_text, write_text
 
@@ -166,11 +167,9 @@ def _write_failure(train_storage: str, run_name: str, error: str) -> None:
 def _quiet_report_log() -> None:
     """Train's per-report INFO line ("Reporting training result ...") comes from a logger named after its module's
     file, outside ``ray.train``, so LoggingConfig does not reach it: hold it to the same level."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: keep its logging as it is
-        return
-    logging.getLogger(context.__file__).setLevel(TRAIN_LOG_LEVEL)
+    logger = train_report_logger()  # None on another Ray layout: its logging stays as it is
+    if logger is not None:
+        logger.setLevel(TRAIN_LOG_LEVEL)
 
 
 def worker_loop(config: dict[str, Any]) -> dict[str, str] | None:

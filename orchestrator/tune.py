@@ -30,14 +30,11 @@ import yaml
 from arat_train.config import flatten
 from orchestrator import interrupt
 from orchestrator.capacity import check_cluster, check_local_gpus
-from orchestrator.names import OBJECTIVES
-from orchestrator.space import SpecError, StudySpec, make_sampler, optuna_space
+from orchestrator.space import SpecError, StudySpec
 from orchestrator.study import DEFAULT_PRESET, REPO, Study, plan_study
 from orchestrator.summary import EXIT_INTERRUPTED, final_report
 
 log = logging.getLogger("orchestrator.tune")
-
-
 
 # Ray Train settings for a local Ray, unless already set. A Train controller polls its workers every 2 s by
 # default, so a trial's end (and its next trial's start) waited up to that long; Train's Prometheus metrics feed a
@@ -101,17 +98,6 @@ def connect(study: Study, autoscaling: bool = False) -> int:
         raise
 
 
-def make_scheduler(spec: StudySpec) -> Any:
-    """The trial scheduler of ``search.scheduler``: None (Tune's FIFO, every trial runs its budget) or MOASHA."""
-    s = spec.search.scheduler
-    if s.type == "fifo":
-        return None
-    from orchestrator.moasha import MOASHA
-
-    return MOASHA(max_t=spec.train_config({}).optim.epochs, grace_period=s.grace_period,
-                  reduction_factor=s.reduction_factor, metrics=s.metrics)
-
-
 def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
     """The study's Tune callbacks: the trials table, MLflow tracking from the driver (the one writer), and the
     scheduler's state (Ray saves callbacks with the experiment, never the scheduler)."""
@@ -134,10 +120,10 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
 
 def build_tuner(study: Study, concurrency: int) -> Any:
     """A new Tuner for ``study``, or the restored one with ``--resume`` (whose callbacks were stored with it)."""
-    import optuna
     from ray import tune
 
-    from orchestrator.searcher import BudgetOptunaSearch
+    from orchestrator.moasha import study_scheduler
+    from orchestrator.searcher import study_searcher
     from orchestrator.trainable import StudyContext, run_trial, trial_name
 
     spec: StudySpec = study.spec
@@ -153,16 +139,8 @@ def build_tuner(study: Study, concurrency: int) -> Any:
     if study.resume:
         return tune.Tuner.restore(study.path, trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
-    searcher = BudgetOptunaSearch(  # a trial stopped before its epochs reaches Optuna as PRUNED
-        space=optuna_space(spec),
-        metric=list(OBJECTIVES), mode=["max", "max"],  # on the searcher only: a TuneConfig metric makes it 1-D
-        points_to_evaluate=[spec.default_point()] if spec.search.enqueue_defaults else None,
-        sampler=make_sampler(spec.search),
-        study_name=study.name,
-        budget_param="optim.epochs",
-    )
-    scheduler = make_scheduler(spec)
+    searcher = study_searcher(spec, study.name)  # a trial stopped before its epochs reaches Optuna as PRUNED
+    scheduler = study_scheduler(spec)
     return tune.Tuner(
         trainable,
         param_space={k: v for k, v in spec.fixed_flat().items() if k not in spec.space},

@@ -57,10 +57,10 @@ def status_at_end(trial: Trial, ended: Mapping[str, Status]) -> Status:
     """
     if trial.trial_id in ended:
         return ended[trial.trial_id]
-    tune_status = str(getattr(trial, "status", ""))
-    if tune_status == "ERROR":
+    status = FROM_TUNE.get(str(getattr(trial, "status", "")))
+    if status is Status.FAILED:
         return Status.FAILED
-    if tune_status == "TERMINATED" and ((trial.last_result or {}).get("done") or _reached_budget(trial)):
+    if status is Status.FINISHED and ((trial.last_result or {}).get("done") or _reached_budget(trial)):
         return Status.FINISHED
     return Status.INTERRUPTED
 

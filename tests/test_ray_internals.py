@@ -1,0 +1,89 @@
+"""The private Ray APIs the study uses, each behind one function in ``orchestrator/ray_internals.py``: each answers
+on the pinned Ray, and each falls back (None) when Ray moves or changes it; the callers keep working then."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import optuna
+import pytest
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator import ray_internals
+from orchestrator.capacity import autoscaler_node_types
+from orchestrator.searcher import BudgetOptunaSearch
+
+
+def test_train_report_logger_is_the_one_train_reports_with() -> None:
+    from ray.train.v2._internal.execution import context
+
+    logger = ray_internals.train_report_logger()
+    assert logger is logging.getLogger(context.__file__)
+    # Train's report line: ``logger = logging.getLogger(__file__)`` in that module, and it logs through it.
+    assert context.logger is logger
+
+
+def test_train_report_logger_falls_back_when_ray_moves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray.train.v2._internal.execution.context", None)  # import raises ImportError
+    assert ray_internals.train_report_logger() is None
+
+
+def test_cluster_config_falls_back_without_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader with a joined cluster is checked in test_capacity (a real Ray with a record in its GCS); without
+    # the private module, or without a cluster to ask, the answer is None and never an exception.
+    monkeypatch.setitem(sys.modules, "ray._private.state", None)
+    assert ray_internals.cluster_config() is None
+    assert autoscaler_node_types() is None
+
+
+def _searcher(cls: type[OptunaSearch]) -> OptunaSearch:
+    kwargs = {"budget_param": "optim.epochs"} if cls is BudgetOptunaSearch else {}
+    searcher = cls(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric=["a", "b"],
+                   mode=["max", "max"], sampler=optuna.samplers.RandomSampler(seed=0), **kwargs)
+    assert searcher.suggest("t1") is not None
+    return searcher
+
+
+def test_optuna_search_trial_reaches_the_trial_and_study_on_this_ray() -> None:
+    searcher = _searcher(OptunaSearch)
+    found = ray_internals.optuna_search_trial(searcher, "t1")
+    assert found is not None
+    ot_trial, study, completed = found
+    assert isinstance(ot_trial, optuna.Trial) and isinstance(study, optuna.Study) and completed == set()
+    assert ot_trial.number == 0 and study.trials[0].state == optuna.trial.TrialState.RUNNING
+    assert ray_internals.optuna_search_trial(searcher, "never suggested") is None
+
+
+def test_a_changed_optuna_search_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    searcher = _searcher(OptunaSearch)
+    monkeypatch.delattr(searcher, "_ot_study")  # what a Ray release that renamed it looks like to the reader
+    assert ray_internals.optuna_search_trial(searcher, "t1") is None
+
+
+def test_without_the_reader_the_searcher_hands_the_trial_to_optuna_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    searcher = _searcher(BudgetOptunaSearch)
+    monkeypatch.setattr("orchestrator.searcher.optuna_search_trial", lambda *_: None)  # a changed OptunaSearch
+    searcher.on_trial_complete("t1", {"a": 0.5, "b": 0.4, "epoch": 3, "config": {"optim.epochs": 3}})
+    trial = searcher._ot_study.trials[0]  # OptunaSearch's own code told it: COMPLETE with the last values
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [0.5, 0.4]
+
+
+def test_the_budget_searcher_tells_pruned_through_the_reader() -> None:
+    searcher = _searcher(BudgetOptunaSearch)
+    searcher.on_trial_complete("t1", {"a": 0.5, "b": 0.4, "epoch": 1, "config": {"optim.epochs": 3}})
+    _, study, completed = ray_internals.optuna_search_trial(searcher, "t1") or (None, None, None)
+    assert study is not None and completed == {"t1"}
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_no_other_module_reaches_into_ray() -> None:
+    import re
+    from pathlib import Path
+
+    private = re.compile(r"ray\._private|\._internal\b|_internal\.|\._ot_|_completed_trials")
+    root = Path(ray_internals.__file__).parent
+    offenders = [f"{path.name}:{n}" for path in sorted(root.glob("*.py")) if path.name != "ray_internals.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if private.search(line.split("#")[0])]
+    assert offenders == []
