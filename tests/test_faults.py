@@ -1,5 +1,6 @@
 """Faults during a real study on a real local Ray cluster (``ray start --head``, 2 CPUs, token auth): the driver
-is stopped by SIGINT and by SIGTERM while trials run, and its MLflow server goes away for good mid-study.
+is stopped by SIGINT and by SIGTERM while trials run, and its MLflow server goes away mid-study, comes back, and
+goes away for good.
 
 Kept to two small studies of the digits quick start (256 training images, 128 evaluation images).
 """
@@ -111,6 +112,7 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
     assert set(trials) == set(frame["trial_id"])
     for run in [*parents, *trials.values()]:
         assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
+    assert all(run.data.tags["trial_status"] == "INTERRUPTED" for run in trials.values())
 
     # The printed command, run from the repository (where no mlflow.db is), stopped by SIGTERM.
     second = tmp_path / "second.log"
@@ -127,6 +129,7 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
     for row in frame.itertuples():
         want = "KILLED" if row.status == "INTERRUPTED" else "FINISHED"
         assert trials[row.trial_id].info.status == want
+        assert trials[row.trial_id].data.tags["trial_status"] == row.status
 
     # And once more: the study completes where it stopped, with its stored tracking URI.
     proc = subprocess.run([PYTHON, *command[1:]], env=env, cwd=REPO, stdout=subprocess.PIPE,
@@ -144,9 +147,10 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
 
 
 def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: Path) -> None:
-    """The server is stopped while the first of two trials runs and never comes back during the study: the next
-    trial is still scheduled, the study finishes and says what was not logged; the replay command then logs it
-    to the restarted server."""
+    """Two outages in one study of four trials, one at a time. The server is stopped while the first trial runs
+    and started again (same port and store) once the second has started: the queued records are written while
+    the study goes on. Then it is stopped for good: the next trials are still scheduled, the study finishes and
+    says what was not logged; the replay command then logs it to the restarted server."""
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server")
     server.start()
@@ -154,31 +158,40 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
     storage = tmp_path / "runs"
     study = storage / "outage"
     path = tmp_path / "study.log"
+
+    def tracked(status: str | None = None) -> list[str]:
+        """trial ids of the study's trial runs in MLflow (with that run status)."""
+        client = MlflowClient(server.uri)
+        exp = client.get_experiment_by_name("outage")
+        runs = client.search_runs([exp.experiment_id], "tags.run_kind = 'trial'") if exp else []
+        return [r.data.tags["trial_id"] for r in runs if status in (None, r.info.status)]
+
     try:
         with open(path, "w") as log:
-            driver = _start([PYTHON, str(REPO / "orchestrator" / "tune.py"), "--name", "outage", "--num-samples", "2",
+            driver = _start([PYTHON, str(REPO / "orchestrator" / "tune.py"), "--name", "outage", "--num-samples", "4",
                              "--storage-path", str(storage), "--tracking-uri", server.uri,
                              *_sets([*SHRINK, "optim.epochs=2", "search.max_concurrent=1"])], env, tmp_path, log)
-
-            def first_trial_tracked() -> bool:
-                exp = MlflowClient(server.uri).get_experiment_by_name("outage")
-                return exp is not None and bool(MlflowClient(server.uri).search_runs(
-                    [exp.experiment_id], "tags.run_kind = 'trial'"))
-
-            _wait(lambda: path.read_text().count(STARTED) == 1 and first_trial_tracked(), 300, driver, path)
-            server.stop()
+            _wait(lambda: path.read_text().count(STARTED) == 1 and bool(tracked()), 300, driver, path)
+            server.stop()  # the first outage: the first trial's epochs and end wait in the queue
+            _wait(lambda: path.read_text().count(STARTED) == 2, 300, driver, path)
+            server.start()
+            # Written while the study runs: the first trial's run is finished in MLflow before the study ends.
+            _wait(lambda: len(tracked("FINISHED")) == 1 and "is back after" in path.read_text(), 120, driver, path)
+            drained_with = path.read_text().count(STARTED)
+            server.stop()  # the second outage, for good
             stopped_at, seen_at_stop = time.monotonic(), len(path.read_text())
             rc = _finish(driver, 420)
         down_for = time.monotonic() - stopped_at
         output = path.read_text()
         assert rc == 0, output[-4000:]
-        # Tune went on without the server: the second trial started after the stop, and the study ended.
-        assert output[seen_at_stop:].count(STARTED) == 1
+        # Tune went on without the server: the trials not yet started at the second stop started, and it ended.
+        assert output.count(STARTED) == 4 and output[seen_at_stop:].count(STARTED) == 4 - drained_with
         assert down_for < 300
         frame = pd.read_parquet(study / "trials.parquet")
-        assert len(frame) == 2 and (frame["status"] == "FINISHED").all()
-        # Said once, clearly; none of urllib3's retry warnings.
-        assert output.count("MLflow is unreachable") == 1 and "Retrying (Retry(" not in output
+        assert len(frame) == 4 and (frame["status"] == "FINISHED").all()
+        # Said once per outage, clearly; none of urllib3's retry warnings.
+        assert output.count("MLflow is unreachable") == 2 and output.count("is back after") == 1
+        assert "Retrying (Retry(" not in output
         assert f"not logged; saved to {study}/mlflow_pending.jsonl" in output
         replay = f"python -m orchestrator.replay --study {study}"
         assert replay in output
@@ -190,7 +203,7 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
         assert not (study / "mlflow_pending.jsonl").exists()
         parents, trials = _runs(server.uri, "outage")
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-        assert set(trials) == set(frame["trial_id"])
+        assert set(trials) == set(frame["trial_id"])  # no run twice, none lost, across both outages
         client = MlflowClient(server.uri)
         for row in frame.itertuples():
             run = trials[row.trial_id]
