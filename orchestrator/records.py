@@ -163,6 +163,20 @@ def write_trials_table(frame: pd.DataFrame, study_dir: str) -> str:
     return path
 
 
+def mark_interrupted(study_dir: str) -> int:
+    """Relabel the RUNNING and PENDING rows of a study's trials table INTERRUPTED (a study stopped at once, before
+    its callbacks could); return how many. A study without a table yet has nothing to relabel: 0."""
+    try:
+        frame = read_trials_table(study_dir)
+    except TableError:
+        return 0
+    unfinished = frame["status"].isin([Status.RUNNING, Status.PENDING])
+    if unfinished.any():
+        frame.loc[unfinished, "status"] = Status.INTERRUPTED
+        write_trials_table(frame, study_dir)
+    return int(unfinished.sum())
+
+
 def read_trials_table(study_dir: str, required: Sequence[str] = BASE_COLUMNS) -> pd.DataFrame:
     """``<study_dir>/trials.parquet``; :class:`TableError` when it is missing, unreadable or lacks a column."""
     import pyarrow.parquet as pq

@@ -30,6 +30,7 @@ import yaml
 from arat_train.config import flatten
 from orchestrator import interrupt
 from orchestrator.capacity import check_cluster, check_local_gpus
+from orchestrator.records import mark_interrupted
 from orchestrator.space import SpecError, StudySpec
 from orchestrator.study import DEFAULT_PRESET, REPO, Study, plan_study
 from orchestrator.summary import EXIT_INTERRUPTED, final_report
@@ -188,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             study.write_spec()
         build_tuner(study, concurrency).fit()
     except KeyboardInterrupt:  # a signal outside Tune's graceful stop (a second one, or before fit began)
-        print(f"study {study.name} stopped at once by {' then '.join(interrupt.signals()) or 'a stop signal'}; "
-              "its trials table may still show unfinished trials as RUNNING", flush=True)
+        relabelled = mark_interrupted(study.path)  # the table as the callbacks left it, unfinished rows relabelled
+        print(f"study {study.name} stopped at once by {' then '.join(interrupt.signals()) or 'a stop signal'}: "
+              f"{relabelled} unfinished trial(s) INTERRUPTED in its trials table (MLflow may show them RUNNING)",
+              flush=True)
         print(f"resume it: {study.resume_command()}", flush=True)
         return EXIT_INTERRUPTED
     return final_report(study)

@@ -101,3 +101,21 @@ def test_ends_seen_before_a_killed_driver_survive_its_resume(tmp_path: Path) -> 
     # Without the saved state, a full-budget TERMINATED trial is still FINISHED; the stopped one cannot be told
     # from one that a stop signal ended, so it is INTERRUPTED.
     assert status_at_end(finished, {}) == "FINISHED" and status_at_end(stopped, {}) == "INTERRUPTED"
+
+
+def test_a_study_stopped_at_once_relabels_its_unfinished_rows(tmp_path: Path) -> None:
+    """A second signal ends the study before its callbacks run: tune.py relabels the table as they left it."""
+    from orchestrator.names import Status
+    from orchestrator.records import TrialRecord, mark_interrupted, trials_table, write_trials_table
+
+    study = str(tmp_path / "study")
+    assert mark_interrupted(study) == 0  # no table yet: nothing written
+    assert not (tmp_path / "study").exists()
+    records = [TrialRecord("a", Status.FINISHED, 0.9, 0.4), TrialRecord("b", Status.RUNNING, 0.5, 0.6),
+               TrialRecord("c", Status.PENDING), TrialRecord("d", Status.FAILED, error="boom")]
+    write_trials_table(trials_table(records), study)
+    assert mark_interrupted(study) == 2
+    frame = read_trials_table(study).set_index("trial_id")
+    assert frame["status"].to_dict() == {"a": "FINISHED", "b": "INTERRUPTED", "c": "INTERRUPTED", "d": "FAILED"}
+    assert frame.loc["a", "pareto"] and not frame.loc["b", "pareto"]  # b never was on the front, nor is it now
+    assert mark_interrupted(study) == 0
