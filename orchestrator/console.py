@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from .names import MAXIMIZE, OBJECTIVES, Status
 from .pareto import pareto_mask
+from .records import masking_suspect
 from .tune_callbacks import trial_status
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Row:
     clean_acc: float = math.nan
     robust_acc: float = math.nan
     params: dict[str, Any] = field(default_factory=dict)
+    masking_gap: float = math.nan  # PGD minus the objective's robust accuracy, reported at the last epoch
 
 
 def _fmt(value: Any) -> str:
@@ -44,22 +46,30 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render(rows: Sequence[Row], searched: Sequence[str], resources: str = "") -> str:
-    """The table: one line per trial (front first), ``*`` on the finished trials of the current front."""
+def render(rows: Sequence[Row], searched: Sequence[str], resources: str = "",
+           masking_threshold: float | None = None) -> str:
+    """The table: one line per trial (front first), ``*`` on the finished trials of the current front and, with a
+    ``masking_threshold``, SUSPECT on the finished trials whose masking gap exceeds it (gradient masking)."""
     finished = [r for r in rows if r.status == Status.FINISHED]
     points = np.array([[r.clean_acc, r.robust_acc] for r in finished], dtype=float).reshape(-1, 2)
     on_front = {r.trial_id for r, on in zip(finished, pareto_mask(points, list(MAXIMIZE)), strict=True) if on}
     header = ["", "trial", "status", "epoch", *OBJECTIVES, *[k.rsplit(".", 1)[-1] for k in searched]]
+    flag = masking_threshold is not None
+    header += ["masking"] if flag else []
     lines = []
     order = sorted(rows, key=lambda r: (r.trial_id not in on_front, r.status != Status.RUNNING, r.trial_id))
     for r in order:
         epoch = "-" if math.isnan(r.epoch) else f"{r.epoch:g}" + ("" if math.isnan(r.budget) else f"/{r.budget:g}")
         lines.append(["*" if r.trial_id in on_front else "", r.trial_id, r.status, epoch, _fmt(r.clean_acc),
-                      _fmt(r.robust_acc), *[_fmt(r.params.get(k, "")) for k in searched]])
+                      _fmt(r.robust_acc), *[_fmt(r.params.get(k, "")) for k in searched]]
+                     + (["SUSPECT" if r.status == Status.FINISHED and masking_suspect(r.masking_gap, masking_threshold)
+                         else ""] if flag else []))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     counts = {s: sum(r.status == s for r in rows) for s in dict.fromkeys(r.status for r in rows)}
     title = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-    out = [f"Trials ({title}); * = on the current front of finished trials" + (f"; {resources}" if resources else "")]
+    legend = f"; SUSPECT = PGD over the objective by more than {masking_threshold:g}" if flag else ""
+    out = [f"Trials ({title}); * = on the current front of finished trials{legend}"
+           + (f"; {resources}" if resources else "")]
     out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     return "\n".join(out)
@@ -76,8 +86,9 @@ class LiveTable(Callback):
     ``interval`` seconds as results come."""
 
     def __init__(self, searched: Sequence[str], workers: int, per_worker: Mapping[str, float],
-                 interval: float = 15.0, out: TextIO | None = None) -> None:
+                 interval: float = 15.0, out: TextIO | None = None, masking_threshold: float | None = None) -> None:
         self.searched = list(searched)
+        self.masking_threshold = masking_threshold
         self.workers = workers
         self.per_worker = dict(per_worker)
         self.interval = interval
@@ -104,13 +115,14 @@ class LiveTable(Callback):
             epoch, budget = last.get("epoch", math.nan), config.get("optim.epochs", math.nan)
             rows.append(Row(str(t.trial_id), str(status), float(epoch), float(budget),
                             float(last.get(OBJECTIVES[0], math.nan)), float(last.get(OBJECTIVES[1], math.nan)),
-                            {k: config.get(k, "") for k in self.searched}))
+                            {k: config.get(k, "") for k in self.searched}, float(last.get("masking_gap", math.nan))))
         return rows
 
     def show(self, trials: Sequence[Trial], ended: Mapping[str, Status] | None = None) -> None:
         rows = self._rows(trials, ended or {})
         running = sum(r.status == Status.RUNNING for r in rows)
-        text = render(rows, self.searched, resource_line(running, self.workers, self.per_worker, self._total))
+        text = render(rows, self.searched, resource_line(running, self.workers, self.per_worker, self._total),
+                      getattr(self, "masking_threshold", None))  # a study stored before it had one: none
         print(text, file=self.out, flush=True)
         self._last = time.monotonic()
 

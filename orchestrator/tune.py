@@ -115,7 +115,8 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
     scaling = study.spec.scaling
     callbacks = [StopSignalCallback(), TrialsTableCallback(study.path, study.spec.search.masking_threshold),
                  MLflowTuneCallback(tracker, study.path),
-                 LiveTable(list(study.spec.space), scaling.num_workers, scaling.resources_per_worker())]
+                 LiveTable(list(study.spec.space), scaling.num_workers, scaling.resources_per_worker(),
+                           masking_threshold=study.spec.search.masking_threshold)]
     return callbacks + ([scheduler.state_callback()] if scheduler is not None else [])
 
 

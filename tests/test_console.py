@@ -29,6 +29,19 @@ def test_table_shows_objectives_parameters_and_the_front() -> None:
     assert by_trial["f"][2:5] == ["-", "-", "-"]
 
 
+def test_table_marks_gradient_masking_suspects_among_finished_trials() -> None:
+    rows = [Row("a", "FINISHED", 8, 8, 0.95, 0.30, {"arat.gamma": 1.5}, masking_gap=0.25),
+            Row("b", "FINISHED", 8, 8, 0.90, 0.45, {"arat.gamma": 30.0}, masking_gap=0.05),
+            Row("c", "FINISHED", 8, 8, 0.85, 0.25, {"arat.gamma": 3.0}),  # no gap measured: no verdict
+            Row("d", "RUNNING", 3, 8, 0.80, 0.20, {"arat.gamma": 2.0}, masking_gap=0.5)]  # not final yet
+    lines = render(rows, ["arat.gamma"], masking_threshold=0.1).splitlines()
+    assert "SUSPECT = PGD over the objective by more than 0.1" in lines[0]
+    assert lines[1].split()[-1] == "masking"
+    flagged = {line.lstrip("* ").split()[0] for line in lines[2:] if line.rstrip().endswith("SUSPECT")}
+    assert flagged == {"a"}
+    assert "masking" not in render(rows, ["arat.gamma"]).splitlines()[1]  # no threshold: no column
+
+
 def test_resource_line_counts_the_workers_not_the_drivers() -> None:
     line = resource_line(2, 2, {"CPU": 0.5}, {"CPU": 2.0})
     assert line == "2 trial(s) running, 2 worker(s) each: 2 of 2 CPUs"

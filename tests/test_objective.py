@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import AttackConfig, TrainConfig
 from arat_train.robustness import objective_counts
-from arat_train.train import build, load_data, train
+from arat_train.train import build, final_objective, load_data, train
 
 EPS = 25.0
 CFG = {
@@ -110,3 +110,32 @@ def test_fewer_apgd_iterations_move_the_step_size_checkpoints_too() -> None:
     set_apgd_iters(cut, 25)
     for key in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
         assert getattr(cut, key) == getattr(fresh, key), key
+
+
+def test_a_planted_masking_is_tagged_from_the_model_to_mlflow(run: tuple[list[dict[str, float]], Path],
+                                                              tmp_path: Path) -> None:
+    """The whole path of a planted masking: the trial's final objective measures its gap, the study's tracker
+    tags its MLflow run a suspect and the trials table marks it; the honest model gets neither."""
+    from mlflow import MlflowClient
+
+    from orchestrator.records import trials_table
+    from orchestrator.tracking import StudyTracker
+
+    model, cfg = _model(run[1])
+    data = cfg.to_dict()
+    data["eval"] = {**data["eval"], "max_examples": 128, "final_examples": 128, "apgd_iters": 25, "apgd_targets": 3}
+    cfg = TrainConfig.from_dict(data)
+    _, val = load_data(cfg, torch.device("cpu"))
+    finals = {"honest": final_objective(model, val, cfg), "masked": final_objective(_Saturated(model), val, cfg)}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(uri, "planted", space_yaml="{}", params={}, sampler="tpe", seed=0, code_version="test",
+                           masking_threshold=0.1)
+    tracker.start()
+    for trial_id, final in finals.items():
+        tracker.trial_started(trial_id, {})
+        tracker.trial_completed(trial_id, {**final, "clean_acc": 0.9, "epoch": 1}, None)
+    tracker.finish()
+    tags = {t: MlflowClient(uri).get_run(tracker.run_id(t)).data.tags["gradient_masking_suspect"] for t in finals}
+    assert tags == {"honest": "false", "masked": "true"}, finals
+    frame = trials_table(tracker._records(), masking_threshold=0.1).set_index("trial_id")
+    assert frame["masking_suspect"].to_dict() == {"honest": False, "masked": True}
