@@ -93,6 +93,39 @@ def test_resnet18_keeps_pytorchs_default_initialisation() -> None:
     assert model.linear.bias.abs().max().item() > 0
 
 
+def test_wrn34_10_takes_an_arat_step_at_small_batch(wrn34_10: nn.Module) -> None:
+    """One AR-AT step of WRN-34-10 on CPU at batch 2, with the authors' in-place-noise attack and a predictor of
+    width int(r * d): a finite loss whose gradients reach every convolution, both BN sets and every predictor."""
+    import copy
+
+    from arat_train.config import AttackConfig, TrainConfig
+    from arat_train.losses import predictor_width
+    from arat_train.train import Objective
+
+    cfg = TrainConfig.from_dict({"method": "arat", "model": {"name": "wrn34_10"},
+                                 "arat": {"gamma": 30.0, "predictor_ratio": 0.25}})
+    objective = Objective(copy.deepcopy(wrn34_10), cfg).train()  # the fixture stays fresh for the other tests
+    assert objective.predictors is not None
+    dims = {k: objective.model.feature_dims[k] for k in objective.model.aligned_layers}
+    assert {k: p.hidden for k, p in zip(dims, objective.predictors.heads.values(), strict=True)} == {
+        k: predictor_width(d, 0.25) for k, d in dims.items()}
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 8])
+    x_clean, x_adv = objective.adversarial(x, y, AttackConfig(eps=8, steps=1, step_size=2,
+                                                              legacy_inplace_noise=True))
+    assert (x_adv - x_clean).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    out = objective(x_clean, x_adv, y, a=0.5)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    out["loss"].backward()
+    convs = [m for m in objective.model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) >= 34 and all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+    splits = [m for m in objective.model.modules() if isinstance(m, SplitBatchNorm)]
+    for branch in ("clean", "adv"):
+        assert all(getattr(m, branch).weight.grad.abs().sum() > 0 for m in splits), branch
+    for head in objective.predictors.heads.values():
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
 def test_wrn34_10_aligns_eleven_layers(wrn34_10: nn.Module) -> None:
     model = wrn34_10
     assert len(model.aligned_layers) == 11
