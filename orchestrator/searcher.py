@@ -83,9 +83,9 @@ class BudgetOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         found = optuna_search_trial(self, trial_id)
-        if found is None:  # OptunaSearch's internals changed: it tells the trial itself (COMPLETE, its last values)
-            log.error("cannot reach OptunaSearch's trial %s on this Ray: told as OptunaSearch tells it, not PRUNED",
-                      trial_id)
+        if found is None:  # internals changed, or a trial it never suggested: OptunaSearch handles it as it does
+            log.error("trial %s is not in OptunaSearch's state as this Ray lays it out: handed to OptunaSearch, "
+                      "which tells Optuna COMPLETE with its last values, never PRUNED", trial_id)
             super().on_trial_complete(trial_id, result, error)
             return
         ot_trial, study, completed = found
