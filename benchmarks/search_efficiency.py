@@ -112,7 +112,7 @@ def replay(pool: Pool, spec: Any, *, seed: int, num_samples: int, concurrency: i
         moasha = MOASHA(max_t=pool.epochs, grace_period=scheduler["grace_period"],
                         reduction_factor=scheduler["reduction_factor"], metrics=metrics)
         if scheduler["rank_on"] == "probe":
-            probe_epochs = {math.ceil(lv - 1e-9) for lv in moasha.rung_levels}
+            probe_epochs = {int(lv) for lv in moasha.rung_levels}
     events: list[tuple[float, int, str]] = []  # (time the trial's next epoch ends, sequence, trial id)
     running: dict[str, dict[str, Any]] = {}
     started = 0

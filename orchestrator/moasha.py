@@ -37,7 +37,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .names import OBJECTIVES
-from .pareto import rung_continues
+from .pareto import rung_continues, rung_levels
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -95,12 +95,7 @@ class MOASHA(FIFOScheduler):
         self._grace_period = grace_period
         self._eta = reduction_factor
         self._time_attr = time_attr
-        levels = []
-        level: float = grace_period
-        while level < max_t:
-            levels.append(level)
-            level *= reduction_factor
-        self._levels: tuple[float, ...] = tuple(levels)
+        self._levels: tuple[float, ...] = tuple(map(float, rung_levels(grace_period, reduction_factor, max_t)))
         self._rungs: dict[float, dict[str, tuple[float, ...]]] = {lv: {} for lv in self._levels}
         self._stopped: dict[str, float] = {}  # trial id -> time_attr of the result it was stopped at
 

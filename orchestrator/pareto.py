@@ -18,6 +18,7 @@ Convention shared by every function:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -272,13 +273,32 @@ def _is_weakly_dominated(row: np.ndarray, archive: np.ndarray) -> bool:
 # ---------------------------------------------------------------- successive halving at a rung
 
 
+_WHOLE = 1e-9  # how far floating point may put a product of whole numbers past one (25 * 2.2 = 55.000000000000007)
+
+
+def rung_levels(grace_period: float, reduction_factor: float, max_t: float) -> tuple[int, ...]:
+    """The rungs of successive halving, in whole units of progress (1-based epochs): ``ceil(grace * eta**k)``
+    for every ``k`` where that is below ``max_t`` (a result at ``max_t`` is final, never ranked at a rung).
+
+    A level is met at the end of the first whole epoch at or past it (eta 2.5: 1, 2.5, 6.25 are met at 1, 3, 7).
+    Every user of the rungs (the scheduler, the probes a trial runs for it) takes them from here, so they agree.
+    """
+    levels: list[int] = []
+    level = float(grace_period)
+    while (epoch := math.ceil(level - _WHOLE)) < max_t:
+        levels.append(epoch)
+        level *= reduction_factor
+    return tuple(sorted(set(levels)))
+
+
 def rung_keep(n_at_rung: int, reduction_factor: float) -> int:
     """How many of ``n_at_rung`` trials (the newcomer included) continue from a rung: ``max(1, floor(n / eta))``.
 
     ``floor`` keeps the continuing fraction at or below ``1 / eta``, the promotion rate of successive halving;
-    ``max(1, .)`` lets the best trial continue however few have arrived.
+    ``max(1, .)`` lets the best trial continue however few have arrived. ``n / eta`` that floating point puts a
+    hair below a whole number (11 / 2.2 = 4.999999999999999) is that number.
     """
-    return max(1, int(n_at_rung // reduction_factor))
+    return max(1, math.floor(n_at_rung / reduction_factor + _WHOLE))
 
 
 def rung_position(recorded: object, new: object, maximize: Maximize = True) -> int:

@@ -44,6 +44,8 @@ from arat_train.config import (
 )
 from arat_train.safe_yaml import load_yaml, read_yaml_file
 
+from .pareto import rung_levels
+
 SECTIONS = ("name", "description", "train", "scaling", "search", "space", "failure", "debug")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # of a trial's placement group
@@ -146,11 +148,7 @@ class Scheduler:
 
     def rung_epochs(self, max_t: int) -> tuple[int, ...]:
         """The epochs (1-based) at which a trial of ``max_t`` epochs meets a rung: ``grace * eta**k < max_t``."""
-        levels, level = [], float(self.grace_period)
-        while level < max_t:
-            levels.append(math.ceil(level - 1e-9))
-            level *= self.reduction_factor
-        return tuple(sorted(set(levels)))
+        return rung_levels(self.grace_period, self.reduction_factor, max_t)
 
     @property
     def metrics(self) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.moasha import MOASHA, MOASHAStateCallback
 from orchestrator.searcher import BudgetOptunaSearch
+from orchestrator.space import Scheduler
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -30,7 +31,27 @@ def test_rung_levels() -> None:
     assert MOASHA(max_t=10).rung_levels == (1, 3, 9)
     assert MOASHA(max_t=16, grace_period=2, reduction_factor=2).rung_levels == (2, 4, 8)
     assert MOASHA(max_t=10, grace_period=4, reduction_factor=4).rung_levels == (4,)
-    assert MOASHA(max_t=7, reduction_factor=2.5).rung_levels == (1, 2.5, 6.25)
+    # Levels are met at the end of a whole epoch: eta 2.5 gives 1, 2.5 -> 3, 6.25 -> 7 (not below max_t 7).
+    assert MOASHA(max_t=7, reduction_factor=2.5).rung_levels == (1, 3)
+    assert MOASHA(max_t=10, reduction_factor=2.5).rung_levels == (1, 3, 7)
+    # 25 * 2.2 is 55.000000000000007 in floating point: the rung is epoch 55, where the study's probes run.
+    assert MOASHA(max_t=100, grace_period=25, reduction_factor=2.2).rung_levels == (25, 55)
+
+
+def test_the_scheduler_ranks_at_the_epochs_the_study_probes() -> None:
+    """MOASHA's rungs and the preset's probe epochs come from one function: for every grace and eta they agree,
+    and a trial is ranked at the epoch its probe ran (so a probe's figures are never missing at a rung)."""
+    for grace in range(1, 40):
+        for eta in [2 + k / 10 for k in range(40)]:
+            spec = Scheduler(type="moasha", grace_period=grace, reduction_factor=eta)
+            s = MOASHA(max_t=200, grace_period=grace, reduction_factor=eta, metrics=spec.metrics)
+            assert tuple(map(int, s.rung_levels)) == spec.rung_epochs(200), (grace, eta)
+    s = MOASHA(max_t=100, grace_period=25, reduction_factor=2.2, metrics=("probe_clean_acc", "probe_robust_acc"))
+    for trial in "abc":
+        assert s.decide(trial, {"epoch": 25, "probe_clean_acc": 0.5, "probe_robust_acc": 0.5}) == CONTINUE
+    for trial in "abc":
+        assert s.decide(trial, {"epoch": 55, "probe_clean_acc": 0.6, "probe_robust_acc": 0.6}) == CONTINUE
+    assert set(s.recorded(55.0)) == {"a", "b", "c"}
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

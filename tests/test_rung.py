@@ -74,6 +74,8 @@ def test_keep_is_floor_of_n_over_eta_and_at_least_one() -> None:
     assert [rung_keep(n, 2) for n in range(1, 7)] == [1, 1, 1, 2, 2, 3]
     assert rung_keep(5, 2.5) == 2
     assert rung_keep(4, 2.5) == 1
+    # n / eta that floating point puts a hair below a whole number keeps that number: 11 / 2.2 is 5.
+    assert rung_keep(11, 2.2) == 5 and rung_keep(23, 2.3) == 10 and rung_keep(12, 2.4) == 5
 
 
 def test_fewer_than_eta_recorded_always_continues() -> None:
