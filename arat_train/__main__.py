@@ -6,11 +6,14 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .train import TrainingDiverged, train
 
@@ -31,20 +34,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bar = tqdm(total=cfg.optim.epochs, desc="epochs", unit="epoch")
+    bar: tqdm | None = None  # shown from the first epoch on: a refused --resume file prints only its error
+
+    def steps(batches: Iterable[Any]) -> Iterable[Any]:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=cfg.optim.epochs, desc="epochs", unit="epoch")
+        return tqdm(batches, desc="steps", leave=False, unit="batch")
 
     def on_epoch(metrics: dict[str, float], _checkpoint: Path | None) -> None:
-        bar.update(1)
-        bar.set_postfix(clean=f"{metrics['clean_acc']:.3f}", robust=f"{metrics['robust_acc']:.3f}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(clean=f"{metrics['clean_acc']:.3f}", robust=f"{metrics['robust_acc']:.3f}")
 
     try:
         final = train(cfg, callback=on_epoch, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume,
-                      progress=lambda batches: tqdm(batches, desc="steps", leave=False, unit="batch"))
+                      progress=steps)
+    except CheckpointError as err:  # --resume names a file that is not a checkpoint of this run
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if args.json:
         print(json.dumps(final))
     else:

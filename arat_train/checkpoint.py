@@ -79,3 +79,30 @@ def save_checkpoint(path: Path, *, model: nn.Module, predictors: nn.Module | Non
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: data, never code)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or not one of :func:`save_checkpoint`'s; one line."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line (torch's load errors run over several)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """:func:`load_checkpoint` for a file a user named: :class:`CheckpointError` says in one line what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = load_checkpoint(path, map_location)
+    except Exception as err:  # torch.load raises several unrelated types for a file that is not a checkpoint
+        reason = first_line(err)
+        if reason.startswith("Weights only load failed"):  # torch's advice there (weights_only=False) is unsafe
+            reason = "not a file torch.load accepts with weights_only=True (corrupt, or it holds code)"
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of arat_train.train (no 'config' / 'model' entries)")
+    return ckpt

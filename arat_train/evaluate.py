@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, first_line, read_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import ArrayData, load_split
 from .robustness import Progress, aa_attacks, autoattack_accuracy, pgd_accuracy, seeded
@@ -41,21 +41,14 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
     Raises :class:`CliError` for a missing or unreadable file, or one that is not a training checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CliError(f"checkpoint not found: {path}")
     try:
-        ckpt = load_checkpoint(path, device)
-    except Exception as err:  # torch.load raises several unrelated types for a file that is not a checkpoint
-        reason = _first_line(err)
-        if reason.startswith("Weights only load failed"):  # torch's advice there (weights_only=False) is unsafe
-            reason = "not a file torch.load accepts with weights_only=True (corrupt, or it holds code)"
-        raise CliError(f"cannot read checkpoint {path}: {reason}") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise CliError(f"{path} is not a checkpoint of arat_train.train (no 'config' / 'model' entries)")
+        ckpt = read_checkpoint(path, device)
+    except CheckpointError as err:
+        raise CliError(str(err)) from None
     try:
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (ConfigError, TypeError) as err:
-        raise CliError(f"{path} holds a config this version refuses: {_first_line(err)}") from None
+        raise CliError(f"{path} holds a config this version refuses: {first_line(err)}") from None
     if data_root:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if cfg.perf.num_threads:
@@ -65,7 +58,7 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise CliError(f"{path}: its weights do not fit the network of its own config ({_first_line(err)})") \
+        raise CliError(f"{path}: its weights do not fit the network of its own config ({first_line(err)})") \
             from None
     if swa:
         if not ckpt.get("swa") or not ckpt["swa"]["n"]:
@@ -78,12 +71,6 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
             reestimate_adv_bn(model, train_data, cfg.attack, batch_size=cfg.optim.batch_size,
                               augment=cfg.data.augment)
     return model, cfg, data
-
-
-def _first_line(err: BaseException) -> str:
-    """An exception's message as one line (torch's load errors run over several)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _load(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, TrainConfig, ArrayData]:
@@ -157,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = _run(args)
     except (CliError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {_first_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(out))

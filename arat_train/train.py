@@ -29,9 +29,11 @@ from .accuracy import accuracy_counts, eval_mode
 from .attacks import pgd_attack, pgd_linf_from_noisy
 from .checkpoint import (
     CHECKPOINT_NAME,
+    CheckpointError,
     Metrics,
     RunState,
-    load_checkpoint,
+    first_line,
+    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -288,15 +290,22 @@ def prepare(cfg: TrainConfig, data: tuple[ArrayData, ArrayData] | None = None,
 
 def _restore(path: str | Path, objective: Objective, optimizer: torch.optim.Optimizer, swa: ParamAverage | None,
              device: torch.device) -> RunState:
-    """Load a checkpoint into the run's modules, optimiser, average and RNGs; return its progress."""
-    ckpt = load_checkpoint(path, device)
-    objective.model.load_state_dict(ckpt["model"])
-    if objective.predictors is not None:
-        objective.predictors.load_state_dict(ckpt["predictors"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if swa is not None and ckpt.get("swa"):
-        swa.load_state_dict(ckpt["swa"])
-    set_rng_state(ckpt["rng"])
+    """Load a checkpoint into the run's modules, optimiser, average and RNGs; return its progress.
+
+    Raises :class:`CheckpointError` for a file that is not a checkpoint, or one of another network or optimiser.
+    """
+    ckpt = read_checkpoint(path, device)
+    try:
+        objective.model.load_state_dict(ckpt["model"])
+        if objective.predictors is not None:
+            objective.predictors.load_state_dict(ckpt["predictors"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if swa is not None and ckpt.get("swa"):
+            swa.load_state_dict(ckpt["swa"])
+        set_rng_state(ckpt["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path} does not fit this run (another network, predictor or optimiser?): "
+                              f"{first_line(err)}") from None
     log.info("resumed from %s at epoch %d", path, ckpt["epoch"])
     return RunState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]))
 

@@ -7,6 +7,7 @@ there), as a user would run it; the other commands run in-process or as ``python
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -167,6 +168,54 @@ def test_the_training_cli_refuses_hostile_configs(tmp_path: Path, capsys: pytest
         assert message in _one_error_line(capsys.readouterr().err), kind
     assert main(["--set", "optim.epochs=1000000000"]) == 2
     assert "optim.epochs: must be in [1, 10,000]" in _one_error_line(capsys.readouterr().err)
+
+
+def test_the_training_cli_refuses_a_resume_file_that_is_no_checkpoint_of_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from arat_train.__main__ import main
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"config": TrainConfig().to_dict(), "model": {"x": torch.zeros(1)}}, foreign)
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    cases = {tmp_path / "missing.pt": "checkpoint not found", tmp_path / "random.pt": "not a file torch.load accepts",
+             tmp_path / "list.pt": "is not a checkpoint of arat_train.train",
+             foreign: "does not fit this run (another network, predictor or optimiser?)"}
+    for path, message in cases.items():
+        assert main(["--set", "optim.epochs=1", "--resume", str(path), "--checkpoint-dir", str(tmp_path / "out")]) == 2
+        assert message in _one_error_line(capsys.readouterr().err), path.name
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_replay_refuses_a_damaged_pending_file_or_an_absent_store(tmp_path: Path) -> None:
+    from orchestrator.names import PENDING_RECORDS
+
+    def replay(study: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "orchestrator.replay", "--study", str(study), "--wait", "1"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    missing_store = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    settings = json.dumps({"settings": {"tracking_uri": missing_store, "study_name": "s", "space_yaml": "",
+                                        "params": {}, "sampler": "tpe", "seed": 0, "code_version": "x"}})
+    cases = {"garbled": ("{not json\n", "is not a file of MLflow records: line 1"),
+             "headless": ('{"kind": "study_ended", "status": "FINISHED"}\n', "does not start with the study's "
+                                                                           "tracker settings"),
+             "foreign": (settings + '\n{"kind": "rm -rf"}\n', "holds a line that is not an MLflow record"),
+             "binary": (None, "error: --study: "),
+             "no_store": (settings + '\n{"kind": "study_ended", "status": "FINISHED"}\n', "nowhere")}
+    for name, (text, message) in cases.items():
+        study = tmp_path / name
+        study.mkdir()
+        if text is None:
+            (study / PENDING_RECORDS).write_bytes(os.urandom(2048))
+        else:
+            (study / PENDING_RECORDS).write_text(text)
+        proc = replay(study)
+        assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
+        assert message in _one_error_line(proc.stderr), name
+        assert (study / PENDING_RECORDS).exists()  # the records stay for a later try
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "mlflow.db").exists()  # no store was created
 
 
 def test_evaluate_refuses_damaged_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
