@@ -45,6 +45,12 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
         ckpt = read_checkpoint(path, device)
     except CheckpointError as err:
         raise CliError(str(err)) from None
+    stored_data = ckpt["config"].get("data") if isinstance(ckpt["config"], dict) else None
+    if split == "test" and isinstance(stored_data, dict) and stored_data.get("dataset") == "digits" \
+            and "test_size" not in stored_data:
+        raise CliError(f"{path} was trained before digits held out its test split (its config has no "
+                       "data.test_size): it trained on today's test images, so --split test would not be held out; "
+                       "use --split val, or train it again")
     try:
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (ConfigError, TypeError) as err:

@@ -97,8 +97,13 @@ FRONT_COLOR, DOMINATED_COLOR, SUSPECT_COLOR, VERIFIED_COLOR = "#d62728", "#9e9e9
 
 
 def plot_front(data: FrontData, path: str | Path) -> None:
-    """PNG of every finished trial (clean vs robust accuracy): the front as its staircase (the attainment surface),
-    gradient-masking suspects ringed, points labelled."""
+    """PNG of :func:`front_figure`."""
+    front_figure(data).savefig(path)
+
+
+def front_figure(data: FrontData) -> Figure:
+    """Every finished trial (clean vs robust accuracy): the front as its staircase (the attainment surface),
+    stopped trials hollow at their last figures, gradient-masking suspects ringed, points labelled."""
     fig = Figure(figsize=(7.5, 5.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -124,10 +129,10 @@ def plot_front(data: FrontData, path: str | Path) -> None:
     ax.set_ylabel("robust accuracy (validation, the study's objective)")
     ax.set_title(data.title or f"Pareto front: {len(front)} of {len(fin)} finished trials")
     ax.grid(True, alpha=0.3)
-    if len(fin):
+    if len(fin) or len(stopped):
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
 def plot_hypervolume(data: FrontData, path: str | Path) -> None:
@@ -449,8 +454,13 @@ def _verified_labels(vf: VerifiedFront) -> tuple[str, str]:
 
 
 def plot_verified(vf: VerifiedFront, path: str | Path) -> None:
-    """PNG of the search front and the verified front as staircases, each verified trial's search point joined
-    to its verified point."""
+    """PNG of :func:`verified_figure`."""
+    verified_figure(vf).savefig(path)
+
+
+def verified_figure(vf: VerifiedFront) -> Figure:
+    """The search front and the verified front as staircases, each verified trial's search point joined to its
+    verified point."""
     fig = Figure(figsize=(7.5, 5.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -475,7 +485,7 @@ def plot_verified(vf: VerifiedFront, path: str | Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
 def verified_html(vf: VerifiedFront) -> str:

@@ -228,10 +228,14 @@ def test_evaluate_refuses_damaged_checkpoints(tmp_path: Path, capsys: pytest.Cap
                        "its weights do not fit the network of its own config"),
         "config.pt": (lambda p: torch.save({"config": {**config, "optim": {"epochs": 10**9}}, "model": {}}, p),
                       "holds a config this version refuses: optim.epochs: must be in [1, 10,000]"),
+        # Trained before digits had a test split (no data.test_size): its training set held today's test images.
+        "old_digits.pt": (lambda p: torch.save({"config": {**config, "data": {
+            k: v for k, v in config["data"].items() if k != "test_size"}}, "model": {}}, p),
+            "was trained before digits held out its test split"),
     }
     for name, (make, message) in cases.items():
         make(tmp_path / name)
-        assert main(["--checkpoint", str(tmp_path / name), "--attack", "pgd"]) == 2
+        assert main(["--checkpoint", str(tmp_path / name), "--attack", "pgd", "--split", "test"]) == 2
         assert message in _one_error_line(capsys.readouterr().err), name
 
 

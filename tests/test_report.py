@@ -17,9 +17,18 @@ import pandas as pd
 import pytest
 
 from orchestrator.names import Status
-from orchestrator.pareto import hypervolume_history, nondominated_ranks, pareto_mask
-from orchestrator.records import TrialRecord, format_table
-from orchestrator.report import REPORT_FILES, build_front, front_html, write_report
+from orchestrator.pareto import hypervolume, hypervolume_history, nondominated_ranks, pareto_mask
+from orchestrator.records import TrialRecord, epochs_summary, format_table
+from orchestrator.report import (
+    REPORT_FILES,
+    build_front,
+    build_verified_front,
+    front_figure,
+    front_html,
+    verified_figure,
+    verified_html,
+    write_report,
+)
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,3 +152,66 @@ def test_fronts_are_drawn_as_staircases_and_suspects_are_marked(tmp_path: Path) 
     assert build_front(records).trials["masking_suspect"].sum() == 0  # no threshold, no suspects
     write_report(data, tmp_path)
     assert (tmp_path / "front.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_stopped_trials_are_drawn_hollow_and_count_nowhere() -> None:
+    """A trial stopped at a rung with figures that would dominate every finished trial is on no front, adds no
+    hypervolume, and is drawn hollow at its last figures in both plots; the summary counts the epochs it saved."""
+    records = [TrialRecord("a", Status.FINISHED, 0.8, 0.3, params={"optim.epochs": 6}, finish_order=1,
+                           metrics={"epoch": 6}),
+               TrialRecord("b", Status.FINISHED, 0.6, 0.4, params={"optim.epochs": 6}, finish_order=2,
+                           metrics={"epoch": 6}),
+               TrialRecord("s", Status.STOPPED, 0.95, 0.5, params={"optim.epochs": 6}, metrics={"epoch": 2}),
+               TrialRecord("p", Status.PENDING, params={"optim.epochs": 6})]
+    data = build_front(records)
+    by_id = data.trials.set_index("trial_id")
+    assert list(data.front["trial_id"]) == ["a", "b"] and by_id.loc["s", "pareto_rank"] == -1
+    assert not by_id.loc["s", "pareto"] and list(data.finished["trial_id"]) == ["a", "b"]
+    np.testing.assert_allclose(data.hypervolume[-1], hypervolume(np.array([[0.8, 0.3], [0.6, 0.4]]), (0.0, 0.0)))
+    assert list(data.stopped["trial_id"]) == ["s"]
+
+    page = front_html(data)
+    assert len(re.findall(r'<circle class="stopped"[^>]*data-stopped-id="s"', page)) == 1
+    assert not re.search(r'<circle [^>]*data-trial-id="s"', page)  # not drawn as a finished trial
+    front_line = re.search(r'<polyline class="front" points="([^"]+)"', page)
+    assert front_line is not None and len(front_line.group(1).split()) == 3  # a, the corner, b: s is not on it
+    assert "stopped early (last rung" in page  # the legend
+
+    ax = front_figure(data).axes[0]
+    hollow = [c for c in ax.collections if c.get_label().startswith("stopped early")]
+    assert len(hollow) == 1 and hollow[0].get_offsets().tolist() == [[0.95, 0.5]]
+    assert hollow[0].get_facecolors().size == 0 or (hollow[0].get_facecolors()[:, 3] == 0).all()  # hollow
+    filled = [c for c in ax.collections if c.get_label() == "Pareto front"]
+    assert sorted(map(tuple, filled[0].get_offsets().tolist())) == [(0.6, 0.4), (0.8, 0.3)]
+
+    assert epochs_summary(data.trials) == ("early stopping: 1 of 3 trials stopped at a rung; 14 trial-epochs "
+                                           "trained of 18 full budgets (4 saved)")
+
+
+def test_the_verified_front_page_and_plot_show_both_fronts_joined() -> None:
+    """Both fronts as staircases, one grey link per verified trial from its search point to its verified point,
+    a failed verification left out of both; the page fetches nothing."""
+    trials = build_front([TrialRecord("a", Status.FINISHED, 0.95, 0.40), TrialRecord("b", Status.FINISHED, 0.90, 0.45),
+                          TrialRecord("c", Status.FINISHED, 0.80, 0.50), TrialRecord("d", Status.FINISHED, 0.7, 0.3)]
+                         ).trials
+    verified = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "clean_acc": [0.94, 0.91, 0.79, math.nan],
+                             "aa_acc": [0.30, 0.20, 0.35, math.nan], "error": ["", "", "", "unreadable"]})
+    vf = build_verified_front(verified, trials, split="test", version="standard")
+    assert list(vf.front["trial_id"]) == ["a", "c"] and vf.left == ["b"] and vf.joined == []
+    page = verified_html(vf)
+    search = re.search(r'<polyline class="search-front" points="([^"]+)"', page)
+    ver = re.search(r'<polyline class="verified-front" points="([^"]+)"', page)
+    assert search is not None and len(search.group(1).split()) == 5  # a, b, c and the two corners between
+    assert ver is not None and len(ver.group(1).split()) == 3  # a, the corner, c
+    assert len(re.findall(r'<line class="link"', page)) == 3  # d's verification failed: nothing to join
+    assert len(re.findall(r'<circle class="search"[^>]*data-kind="search"', page)) == 3
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)
+    assert "left the front when verified: b" in page
+
+    ax = verified_figure(vf).axes[0]
+    lines = {ln.get_label(): ln.get_xydata().tolist() for ln in ax.get_lines()}
+    assert lines["search front"] == [[0.8, 0.5], [0.8, 0.45], [0.9, 0.45], [0.9, 0.4], [0.95, 0.4]]
+    assert lines["verified front"] == [[0.79, 0.35], [0.79, 0.3], [0.94, 0.3]]
+    links = [xy for label, xy in lines.items() if label not in ("search front", "verified front")]
+    joined = [ln.get_xydata().tolist() for ln in ax.get_lines() if ln.get_label().startswith("_")]
+    assert len(joined) == 3 and [[0.95, 0.4], [0.94, 0.3]] in joined and len(links) <= 3
