@@ -8,6 +8,7 @@ Inside a Ray job, or with ``RAY_ADDRESS`` set, it joins that cluster; otherwise 
 2 and a message naming the field, and nothing is started or written. Results: ``<storage>/<study>/trials.parquet``
 and a console table of the trials and their Pareto front. SIGINT (Ctrl-C) or SIGTERM stops the study: its
 unfinished trials are INTERRUPTED in every record, it prints the command that resumes it and exits with status 130.
+SIGUSR1 prints the stack of every thread of the driver and nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 import argparse
+import faulthandler
 import logging
+import signal
 from typing import Any
 
 import yaml
@@ -165,6 +168,8 @@ def build_tuner(study: Study, concurrency: int) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: where a quiet study waits
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its INFO lines about creating a database
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter, silent at verbose=0

@@ -7,6 +7,7 @@ which would end every Ray process on the machine, other people's included).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,6 +147,37 @@ def ray_cluster(auth_env: dict[str, str]) -> Iterator[RayCluster]:
     finally:
         _stop(proc)
         shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+def state_api(cluster: RayCluster, kind: str) -> list[dict[str, Any]]:
+    """Ray's State API list ``kind`` (``nodes``, ``actors``, ``placement_groups``), as ``ray list <kind>`` shows it."""
+    req = urllib.request.Request(f"{cluster.dashboard_url}/api/v0/{kind}?limit=1000",
+                                 headers={"Authorization": f"Bearer {cluster.env['RAY_AUTH_TOKEN']}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return list(json.loads(resp.read())["data"]["result"]["result"])
+
+
+def held_by_earlier_drivers(cluster: RayCluster) -> str:
+    """The cluster's live placement groups and actors, in one line each ('' when none): what a driver that ended
+    has left holding resources."""
+    groups = [f"{g.get('placement_group_id', '?')[:8]} {g.get('state')} {g.get('bundles')}"
+              for g in state_api(cluster, "placement_groups") if g.get("state") != "REMOVED"]
+    actors = [f"{a.get('class_name')} {a.get('state')}" for a in state_api(cluster, "actors")
+              if a.get("state") not in ("DEAD",)]
+    return "\n".join(([f"placement groups: {'; '.join(groups)}"] if groups else []) +
+                     ([f"actors: {'; '.join(actors)}"] if actors else []))
+
+
+def wait_until_released(cluster: RayCluster, timeout: float = 120) -> None:
+    """Wait until no placement group of an earlier driver holds the cluster's resources (Ray Train's detached
+    PlacementGroupCleaner removes a dead controller's group within seconds); fail naming what is still held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        groups = [g for g in state_api(cluster, "placement_groups") if g.get("state") != "REMOVED"]
+        if not groups:
+            return
+        assert time.monotonic() < deadline, f"still held after {timeout} s:\n{held_by_earlier_drivers(cluster)}"
+        time.sleep(1)
 
 
 def run_tune(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

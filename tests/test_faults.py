@@ -18,7 +18,7 @@ from typing import IO
 
 import pandas as pd
 import pytest
-from conftest import PYTHON, REPO, RayCluster
+from conftest import PYTHON, REPO, RayCluster, held_by_earlier_drivers, wait_until_released
 from conftest_mlflow import MlflowServer
 from mlflow import MlflowClient
 
@@ -38,17 +38,40 @@ def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: IO[str]) -> subp
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+_CLUSTER: list[RayCluster] = []  # the module's cluster, for the messages of a driver that ran out of time
+
+
+def _stuck(driver: subprocess.Popen[str], log: Path) -> str:
+    """What a driver that ran out of time was doing: its threads' stacks (SIGUSR1, see tune.py), its log, and what
+    the cluster's placement groups and actors were."""
+    if driver.poll() is None:
+        os.kill(driver.pid, signal.SIGUSR1)
+        time.sleep(3)
+    try:
+        held = held_by_earlier_drivers(_CLUSTER[0]) if _CLUSTER else ""
+    except OSError as err:
+        held = f"(the State API did not answer: {err})"
+    return f"timed out; the cluster holds:\n{held}\nthe driver's log ends:\n{log.read_text()[-6000:]}"
+
+
+@pytest.fixture(autouse=True)
+def _known_cluster(ray_cluster: RayCluster) -> None:
+    _CLUSTER[:] = [ray_cluster]
+
+
 def _wait(condition: Callable[[], bool], timeout: float, driver: subprocess.Popen[str], log: Path) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert driver.poll() is None, f"the driver ended early:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, _stuck(driver, log)
         time.sleep(0.5)
 
 
-def _finish(driver: subprocess.Popen[str], timeout: float) -> int:
+def _finish(driver: subprocess.Popen[str], timeout: float, log: Path) -> int:
     try:
         return driver.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(_stuck(driver, log)) from None
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -105,7 +128,7 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
                          *_sets([*SHRINK, "optim.epochs=4"])], env, tmp_path, log)
         _wait(lambda: sum(e >= 1 for e in _committed_epochs(study)) == 2, 420, driver, first)
         os.kill(driver.pid, signal.SIGINT)
-        assert _finish(driver, 180) == 130, first.read_text()[-4000:]
+        assert _finish(driver, 180, first) == 130, first.read_text()[-4000:]
     output = first.read_text()
     frame = pd.read_parquet(table)
     assert len(frame) == 2 and (frame["status"] == "INTERRUPTED").all(), frame[["trial_id", "status"]]
@@ -124,12 +147,13 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
     # The printed command, run from the repository, stopped by SIGTERM. The repository may hold a quick start's
     # mlflow.db and runs/ (the README runs it there first): the resumed study must leave them as they are.
     before = _repo_stores()
+    wait_until_released(ray_cluster)  # the stopped driver's trials gave their workers back
     second = tmp_path / "second.log"
     with open(second, "w") as log:
         driver = _start([PYTHON, *command[1:]], env, REPO, log)
         _wait(lambda: second.read_text().count(STARTED) == 2, 300, driver, second)
         os.kill(driver.pid, signal.SIGTERM)
-        assert _finish(driver, 180) == 130, second.read_text()[-4000:]
+        assert _finish(driver, 180, second) == 130, second.read_text()[-4000:]
     output = second.read_text()
     assert "study stop interrupted by SIGTERM" in output and _resume_command(output) == command
     frame = pd.read_parquet(table)
@@ -141,10 +165,13 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
         assert trials[row.trial_id].data.tags["trial_status"] == row.status
 
     # And once more: the study completes where it stopped, with its stored tracking URI.
-    proc = subprocess.run([PYTHON, *command[1:]], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert f"python -m orchestrator.verify --study {study} --tracking-uri {uri}" in proc.stdout
+    wait_until_released(ray_cluster)
+    third = tmp_path / "third.log"
+    with open(third, "w") as log:
+        rc = _finish(_start([PYTHON, *command[1:]], env, REPO, log), 600, third)
+    output = third.read_text()
+    assert rc == 0, output[-4000:]
+    assert f"python -m orchestrator.verify --study {study} --tracking-uri {uri}" in output
     frame = pd.read_parquet(table)
     assert (frame["status"] == "FINISHED").all() and (frame["epoch"] == 4).all()
     assert (frame["resumed_from_epoch"] >= 1).all()  # continued from the checkpoints, not from scratch
@@ -160,6 +187,7 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
     and started again (same port and store) once the second has started: the queued records are written while
     the study goes on. Then it is stopped for good: the next trials are still scheduled, the study finishes and
     says what was not logged; the replay command then logs it to the restarted server."""
+    wait_until_released(ray_cluster)
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server")
     server.start()
@@ -189,7 +217,7 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
             drained_with = path.read_text().count(STARTED)
             server.stop()  # the second outage, for good
             stopped_at, seen_at_stop = time.monotonic(), len(path.read_text())
-            rc = _finish(driver, 420)
+            rc = _finish(driver, 420, path)
         down_for = time.monotonic() - stopped_at
         output = path.read_text()
         assert rc == 0, output[-4000:]
