@@ -56,5 +56,6 @@ SPEC_FILE = "study.yaml"  # the resolved preset; --resume reads it back
 TRACKING_FILE = "tracking.yaml"  # the study's MLflow tracking URI; --resume and verify read it back
 PENDING_RECORDS = "mlflow_pending.jsonl"  # MLflow records the study could not write; orchestrator.replay logs them
 TRIALS_TABLE = "trials.parquet"
+DRIVERS_FILE = "drivers.json"  # the Ray job ids of the study's drivers; a resume frees what ended ones left held
 VERIFIED_TABLE = "verified.csv"
 CONFIG_PREFIX = "config/"  # trials-table column of a training key: config/<dotted.key>

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from arat_train.config import flatten
-from orchestrator import interrupt
+from orchestrator import interrupt, reclaim
 from orchestrator.capacity import check_cluster, check_local_gpus
 from orchestrator.records import mark_interrupted
 from orchestrator.space import SpecError, StudySpec
@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not study.resume:
             study.write_spec()
+            reclaim.record_driver(study.path)
+        else:
+            reclaim.release_earlier_drivers(study.path)
         build_tuner(study, concurrency).fit()
+        reclaim.release([reclaim.current_job()], "this study's stopped trials")
     except KeyboardInterrupt:  # a signal outside Tune's graceful stop (a second one, or before fit began)
         relabelled = mark_interrupted(study.path)  # the table as the callbacks left it, unfinished rows relabelled
         print(f"study {study.name} stopped at once by {' then '.join(interrupt.signals()) or 'a stop signal'}: "

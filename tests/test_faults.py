@@ -1,24 +1,37 @@
 """Faults during a real study on a real local Ray cluster (``ray start --head``, 2 CPUs, token auth): the driver
-is stopped by SIGINT and by SIGTERM while trials run, and its MLflow server goes away mid-study, comes back, and
-goes away for good.
+is stopped by SIGINT and by SIGTERM while trials run (with a second Ray cluster on the machine, as on a laptop that
+runs another project's Ray: Ray Train's own placement-group cleaners cannot tell the clusters apart, so the study
+must give back what its stopped trials held), and its MLflow server goes away mid-study, comes back, and goes away
+for good.
 
 Kept to two small studies of the digits quick start (256 training images, 128 evaluation images).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import pandas as pd
 import pytest
-from conftest import PYTHON, REPO, RayCluster, held_by_earlier_drivers, wait_until_released
+from conftest import (
+    PYTHON,
+    REPO,
+    RayCluster,
+    _stop,
+    held_by_earlier_drivers,
+    start_head,
+    state_api,
+    wait_until_released,
+)
 from conftest_mlflow import MlflowServer
 from mlflow import MlflowClient
 
@@ -115,9 +128,24 @@ def _resume_command(output: str) -> list[str]:
     return shlex.split(lines[0].removeprefix("resume it: "))
 
 
-def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster, tmp_path: Path) -> None:
+@pytest.fixture
+def another_ray(auth_env: dict[str, str]) -> Iterator[RayCluster]:
+    """A second Ray cluster on this machine, for the length of one test."""
+    proc, cluster = start_head(auth_env, num_cpus=1)
+    try:
+        yield cluster
+    finally:
+        _stop(proc)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+RELEASED_IN_S = 20  # a stopped driver gives its trials' placement groups back before it exits
+
+
+def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster, another_ray: RayCluster,
+                                                        tmp_path: Path) -> None:
     """SIGINT with both trials mid-run, then SIGTERM to the printed resume command as its trials start; the same
-    command then completes the study."""
+    command then completes the study. After each stop nothing of the study holds the cluster's resources."""
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.gcs_address}
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
     study, table = storage / "stop", storage / "stop" / "trials.parquet"
@@ -147,7 +175,7 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
     # The printed command, run from the repository, stopped by SIGTERM. The repository may hold a quick start's
     # mlflow.db and runs/ (the README runs it there first): the resumed study must leave them as they are.
     before = _repo_stores()
-    wait_until_released(ray_cluster)  # the stopped driver's trials gave their workers back
+    wait_until_released(ray_cluster, RELEASED_IN_S)  # the stopped driver gave its trials' workers back
     second = tmp_path / "second.log"
     with open(second, "w") as log:
         driver = _start([PYTHON, *command[1:]], env, REPO, log)
@@ -165,7 +193,7 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
         assert trials[row.trial_id].data.tags["trial_status"] == row.status
 
     # And once more: the study completes where it stopped, with its stored tracking URI.
-    wait_until_released(ray_cluster)
+    wait_until_released(ray_cluster, RELEASED_IN_S)
     third = tmp_path / "third.log"
     with open(third, "w") as log:
         rc = _finish(_start([PYTHON, *command[1:]], env, REPO, log), 600, third)
@@ -180,6 +208,65 @@ def test_a_stopped_study_says_so_everywhere_and_resumes(ray_cluster: RayCluster,
     for run in [*parents, *trials.values()]:
         assert run.info.status == "FINISHED" and "interrupted" not in run.data.tags
     assert _repo_stores() == before  # the stored tracking URI and storage were used, not the working directory's
+    assert len(json.loads((study / "drivers.json").read_text())) == 3  # each driver's job, for a later resume
+    wait_until_released(ray_cluster, RELEASED_IN_S)
+
+
+_HOLDER = """
+import ray, sys
+from ray.util.placement_group import placement_group
+ray.init(address=sys.argv[1], log_to_driver=False)
+group = placement_group([{"CPU": 0.25}])
+ray.get(group.ready())
+print(ray.get_runtime_context().get_job_id(), group.id.hex(), flush=True)
+sys.stdin.read()  # holds its group until the test closes stdin or kills it
+"""
+
+_RECLAIM = """
+import json, logging, ray, sys
+from orchestrator import reclaim
+logging.basicConfig(level=logging.WARNING)
+ray.init(address=sys.argv[1], log_to_driver=False)
+if sys.argv[2] == "jobs":
+    print(json.dumps({"released": reclaim.release(json.loads(sys.argv[3]), "the test's holders")}))
+else:
+    print(json.dumps({"released": reclaim.release_earlier_drivers(sys.argv[3]), "job": reclaim.current_job()}))
+"""
+
+
+def test_only_the_studys_own_placement_groups_are_given_back(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """release() removes the live groups of the jobs it is given and no other; a resume releases nothing of an
+    earlier driver that still runs."""
+    env = {**ray_cluster.env, "PYTHONPATH": str(REPO)}
+    holders = [subprocess.Popen([PYTHON, "-c", _HOLDER, ray_cluster.gcs_address], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        (job_a, group_a), (job_b, group_b) = [tuple(h.stdout.readline().split()) for h in holders]  # type: ignore[union-attr]
+
+        def state(group: str) -> str:
+            return next(g["state"] for g in state_api(ray_cluster, "placement_groups")
+                        if g["placement_group_id"] == group)
+
+        def reclaim(*args: str) -> dict:
+            proc = subprocess.run([PYTHON, "-c", _RECLAIM, ray_cluster.gcs_address, *args], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            return dict(json.loads(proc.stdout.strip().splitlines()[-1]), log=proc.stderr)
+
+        out = reclaim("jobs", json.dumps([job_a]))
+        assert out["released"] == 1 and "released 1 placement group(s) (0.25 CPU) that the test's holders" in out["log"]
+        assert state(group_a) == "REMOVED" and state(group_b) == "CREATED"  # b's job was not named
+
+        study = tmp_path / "study"
+        study.mkdir()
+        (study / "drivers.json").write_text(json.dumps([job_b]))
+        out = reclaim("resume", str(study))
+        assert out["released"] == 0 and state(group_b) == "CREATED"  # its driver still runs: its group is in use
+        assert json.loads((study / "drivers.json").read_text()) == [job_b, out["job"]]
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait(timeout=30)
 
 
 def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: Path) -> None:
