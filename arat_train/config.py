@@ -355,7 +355,7 @@ def _type_name(tp: Any) -> str:
 def _convert(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp``; ints are accepted for floats, lists for tuples."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}")
         return _build(tp, value, key + ".")

@@ -14,7 +14,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, first_line, read_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import ArrayData, load_split
+from .data import ArrayData, Split, load_split
 from .robustness import Progress, aa_attacks, autoattack_accuracy, pgd_accuracy, seeded
 from .swa import ParamAverage, reestimate_adv_bn
 from .train import build, load_data, resolve_device
@@ -59,7 +59,7 @@ def load_for_evaluation(path: str | Path, split: str, device: torch.device, *, d
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if cfg.perf.num_threads:
         torch.set_num_threads(cfg.perf.num_threads)
-    data = load_split(cfg.data, split, download=False).to(device)
+    data = load_split(cfg.data, cast(Split, split), download=False).to(device)
     model = build(cfg, data.num_classes, int(data.x.shape[1]), device).model
     try:
         model.load_state_dict(ckpt["model"])

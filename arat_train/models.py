@@ -39,7 +39,7 @@ class SplitBatchNorm(nn.Module):
 class SingleBatchNorm2d(nn.BatchNorm2d):
     """A standard BatchNorm2d that accepts (and ignores) the branch argument: the exported network's norm."""
 
-    def forward(self, x: Tensor, bn: Branch | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, bn: Branch | None = None) -> Tensor:
         return super().forward(x)
 
 
@@ -75,7 +75,7 @@ class _Net(nn.Module):
         """Logits of ``x`` through the ``bn`` branch; with ``return_features`` also the aligned-layer features."""
         if bn not in ("clean", "adv"):
             raise ValueError(f"bn must be 'clean' or 'adv', got {bn!r}")
-        taps: Taps = dict.fromkeys(self.aligned_layers) if return_features else None  # type: ignore[arg-type]
+        taps: Taps = dict.fromkeys(self.aligned_layers) if return_features else None  # type: ignore[assignment]
         logits = self._forward(x, bn, taps)
         if return_features:
             return logits, taps  # type: ignore[return-value]

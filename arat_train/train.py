@@ -96,7 +96,9 @@ class Objective(nn.Module):
         self.beta = cfg.trades.beta
         self.predictors: Predictors | None = None
         if cfg.method == "arat":
-            dims = {k: model.feature_dims[k] for k in model.aligned_layers}  # type: ignore[attr-defined]
+            feature_dims: dict[str, int] = model.feature_dims  # type: ignore[assignment]
+            aligned: tuple[str, ...] = model.aligned_layers  # type: ignore[assignment]
+            dims = {k: feature_dims[k] for k in aligned}
             self.predictors = Predictors(dims, cfg.arat.predictor_ratio)
 
     def forward(self, x: Tensor, x_adv: Tensor, y: Tensor, a: float) -> dict[str, Tensor]:
@@ -149,7 +151,7 @@ def build(cfg: TrainConfig, num_classes: int, in_channels: int, device: torch.de
                         aligned_layers=cfg.model.aligned_layers or None, split_bn=cfg.method == "arat")
     objective = Objective(model, cfg).to(device)
     if _channels_last(cfg, device):
-        objective.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        objective.to(memory_format=torch.channels_last)
     return objective
 
 

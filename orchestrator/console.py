@@ -101,7 +101,8 @@ class LiveTable(Callback):
         state["out"] = None  # Tune pickles callbacks with the experiment; a stream is not picklable
         return state
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
         import ray
 
         self._total = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}

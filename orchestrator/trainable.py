@@ -110,7 +110,7 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
             callbacks=[URIReportCallback(study.train_storage)],  # type: ignore[list-item]  # a V2 UserCallback
             # Train's INFO lines (resources requested, worker group started, each report and checkpoint) would
             # bury Tune's status table; they stay in Train's log files under the Ray session directory.
-            logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),
+            logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),  # type: ignore[call-arg]
         ),
     )
     outcome = getattr(trainer.fit(), "return_value", None)  # fit raises once Train's retries are spent

@@ -32,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -297,6 +298,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _say(prefix: str, line: str) -> None:
+    print(f"{prefix} {line}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parse(argv)
@@ -312,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, (_, row) in enumerate(chosen.iterrows(), start=1):
         prefix = f"[{i}/{len(chosen)}] trial {row['trial_id']}:"
         print(f"{prefix} loading its last checkpoint", flush=True)
-        results.append(verify_trial(row, args, lambda line, p=prefix: print(f"{p} {line}", flush=True)))
+        results.append(verify_trial(row, args, partial(_say, prefix)))
         done = results[-1]
         print(f"{prefix} " + (f"could not be verified: {done.error}" if done.error else
                               f"AutoAttack {args.version} {done.aa_acc:.4f} ({done.seconds:.1f} s in all)"), flush=True)

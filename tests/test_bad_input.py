@@ -187,13 +187,15 @@ def test_the_training_cli_refuses_a_resume_file_that_is_no_checkpoint_of_the_run
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
 
 
-def test_replay_refuses_a_damaged_pending_file_or_an_absent_store(tmp_path: Path) -> None:
+def test_replay_refuses_a_damaged_pending_file_or_an_absent_store(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator.names import PENDING_RECORDS
+    from orchestrator.replay import main
 
     def replay(study: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "orchestrator.replay", "--study", str(study), "--wait", "1"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        rc = main(["--study", str(study), "--wait", "1"])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([], rc, out.out, out.err)
 
     missing_store = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
     settings = json.dumps({"settings": {"tracking_uri": missing_store, "study_name": "s", "space_yaml": "",
