@@ -10,6 +10,7 @@ from that; standard AutoAttack adds FAB-T and Square on whatever is still robust
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 
@@ -22,14 +23,23 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, for SIGTERM too
 AA_STANDARD_WORK = 100 * (1 + 9)  # APGD-CE's iterations plus APGD-T's over its 9 targets, per image
 
 
-def cheap_verify_seconds(front: pd.DataFrame, test_images: int) -> float:
+def cheap_verify_seconds(front: pd.DataFrame, test_images: int, verify_threads: int | None = None) -> float:
     """About how long cheap AutoAttack takes on ``test_images`` images for every trial of ``front``, scaled from
-    the trials' own APGD objective (NaN when they did not use one)."""
+    the trials' own APGD objective (NaN when they did not use one).
+
+    A CPU trial measured its objective on ``perf.num_threads`` threads; verification runs alone on
+    ``verify_threads`` (all the cores), so the time scales by their ratio (measured: 1-thread trials on 2 cores
+    over-estimated cheap verification 1.8-2.4x without it).
+    """
     needed = {"final_s", "final_examples", "config/eval.apgd_iters", "config/eval.apgd_targets"}
     if front.empty or not needed <= set(front.columns):
         return math.nan
     work = front["config/eval.apgd_iters"].astype(float) * (1 + front["config/eval.apgd_targets"].astype(float))
     per_trial = front["final_s"].astype(float) / front["final_examples"].astype(float) * test_images
+    if verify_threads and {"config/perf.num_threads", "config/device"} <= set(front.columns):
+        threads = pd.to_numeric(front["config/perf.num_threads"], errors="coerce").fillna(0)
+        on_cpu = front["config/device"].astype(str).eq("cpu") & (threads > 0)
+        per_trial = per_trial.where(~on_cpu, per_trial * (threads / verify_threads).clip(upper=1.0))
     return float((per_trial * AA_STANDARD_WORK / work).sum())
 
 
@@ -39,7 +49,7 @@ def verify_hint(study: Study, frame: pd.DataFrame) -> list[str]:
     front = frame[frame["pareto"]]
     cfg = study.spec.train_config({})
     test_images = cfg.data.test_size if cfg.data.dataset == "digits" else 10_000
-    seconds = cheap_verify_seconds(front, test_images)
+    seconds = cheap_verify_seconds(front, test_images, os.cpu_count())
     about = f", about {_duration(seconds)} here" if math.isfinite(seconds) else ""
     base = f"python -m orchestrator.verify --study {study.path} --tracking-uri {study.tracking_uri}"
     return [f"verify the front with cheap AutoAttack (APGD-CE + APGD-T) on the test split ({len(front)} model(s)"

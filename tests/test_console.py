@@ -62,6 +62,10 @@ def test_the_closing_lines_suggest_verification_with_its_time() -> None:
                           "config/eval.apgd_iters": [25, 25], "config/eval.apgd_targets": [3, 3]})
     assert cheap_verify_seconds(front, 360) == 200 + 100
     assert math.isnan(cheap_verify_seconds(front.drop(columns="final_s"), 360))  # a PGD objective: no estimate
+    # 1-thread CPU trials; verification on 2 threads takes half their time (a GPU trial's time is kept).
+    threads = front.assign(**{"config/perf.num_threads": [1, 1], "config/device": ["cpu", "cuda"]})
+    assert cheap_verify_seconds(threads, 360, verify_threads=2) == 100 + 100
+    assert cheap_verify_seconds(threads, 360) == 200 + 100  # no thread count for verification: unscaled
     spec = load_spec(REPO / "search_spaces" / "quickstart.yaml", ["data.test_size=360"])
     study = Study(spec, "qs", "/s", "sqlite:////db", resume=False)
     lines = verify_hint(study, front)
