@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     2),
         "wall_ratio": round(tuned["wall_s"] / baseline["wall_s"], 2),
         "cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip(),
     }
     print(f"{n} trials x {args.epochs} epochs: in-process {result['baseline_wall_s']} s, through tune.py "
           f"{result['tune_wall_s']} s (Ray start and checks {result['tune_startup_s']} s)")
