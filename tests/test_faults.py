@@ -229,6 +229,8 @@ logging.basicConfig(level=logging.WARNING)
 ray.init(address=sys.argv[1], log_to_driver=False)
 if sys.argv[2] == "jobs":
     print(json.dumps({"released": reclaim.release(json.loads(sys.argv[3]), "the test's holders")}))
+elif sys.argv[2] == "ended":
+    print(json.dumps({"ended": sorted(reclaim.ended_jobs(json.loads(sys.argv[3])))}))
 else:
     print(json.dumps({"released": reclaim.release_earlier_drivers(sys.argv[3]), "job": reclaim.current_job()}))
 """
@@ -263,6 +265,13 @@ def test_only_the_studys_own_placement_groups_are_given_back(ray_cluster: RayClu
         out = reclaim("resume", str(study))
         assert out["released"] == 0 and state(group_b) == "CREATED"  # its driver still runs: its group is in use
         assert json.loads((study / "drivers.json").read_text()) == [job_b, out["job"]]
+
+        holders[0].kill()  # a's driver ends: a resume would now release what its job still held
+        holders[0].wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while (ended := reclaim("ended", json.dumps([job_a, job_b]))["ended"]) != [job_a]:
+            assert time.monotonic() < deadline, ended
+            time.sleep(1)
     finally:
         for h in holders:
             h.kill()
