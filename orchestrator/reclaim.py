@@ -85,12 +85,17 @@ def release(job_ids: Iterable[str], whose: str) -> int:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
     except Exception as exc:  # the State API is served by the dashboard, which a cluster may run without
         log.warning("could not check for placement groups %s left behind (%s); if trials wait for resources "
-                    "that nothing uses, `ray list placement-groups` shows them", whose, str(exc).splitlines()[0])
+                    "that nothing uses, `ray list placement-groups` shows them", whose, _reason(exc))
         return 0
     if groups:
         log.warning("released %d placement group(s) (%s) that %s left behind", len(groups), _resources(groups),
                     whose)
     return len(groups)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception in one line (its message's first line, or its type when the message is empty)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def current_job() -> str:
@@ -128,6 +133,6 @@ def release_earlier_drivers(study_path: str) -> int:
     try:
         ended = ended_jobs(earlier)
     except Exception as exc:
-        log.warning("could not ask Ray which of the study's earlier drivers ended (%s)", str(exc).splitlines()[0])
+        log.warning("could not ask Ray which of the study's earlier drivers ended (%s)", _reason(exc))
         return 0
     return release(ended, "the study's earlier drivers") if ended else 0

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reclaim.release_earlier_drivers(study.path)
         build_tuner(study, concurrency).fit()
-        reclaim.release([reclaim.current_job()], "this study's stopped trials")
+        reclaim.release([reclaim.current_job()], "this study's trials")
     except KeyboardInterrupt:  # a signal outside Tune's graceful stop (a second one, or before fit began)
         relabelled = mark_interrupted(study.path)  # the table as the callbacks left it, unfinished rows relabelled
         print(f"study {study.name} stopped at once by {' then '.join(interrupt.signals()) or 'a stop signal'}: "
