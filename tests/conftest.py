@@ -34,6 +34,53 @@ RAY_BIN = str(Path(sys.executable).parent / "ray")
 _PORT_RANGE = (20000, 32000)
 
 
+# The modules with a test that starts a Ray runtime (marked ``ray``). Under pytest-xdist (``-n``, see pyproject.toml)
+# they are one unit of work that one worker runs first, one test at a time: two Ray runtimes on one machine at once
+# confuse Ray Train's placement-group cleaners, and each would take the cores the other's trials were given. Every
+# other module is a unit of its own (its module fixtures set up once), run by the other workers meanwhile.
+RAY_MODULES = frozenset({"test_capacity.py", "test_faults.py", "test_moasha_tune.py", "test_multinode.py",
+                         "test_tune.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check that every ``ray`` test is in :data:`RAY_MODULES`, and put those modules' tests first."""
+    stray = sorted({item.path.name for item in items if item.get_closest_marker("ray")} - RAY_MODULES)
+    if stray:
+        raise pytest.UsageError(f"tests marked ray outside conftest.RAY_MODULES: {', '.join(stray)}; add them there")
+    items.sort(key=lambda item: item.path.name not in RAY_MODULES)  # stable: the order within each part stays
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_beside_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Under pytest-xdist a test outside :data:`RAY_MODULES` runs with one torch thread (and its subprocesses with
+    ``OMP_NUM_THREADS=1``): beside the Ray tests' processes on two cores, a second thread spins waiting for a core
+    (one test took 5.7 times as long with two)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or request.path.name in RAY_MODULES:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope`` with :data:`RAY_MODULES` as one scope, ``ray``, and every other module a scope."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "ray" if Path(path).name in RAY_MODULES else path
+
+    return RayApart(config, log)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct ports in ``_PORT_RANGE`` that are free on 127.0.0.1 right now."""
     ports: list[int] = []
@@ -109,8 +156,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # Set on every node a test starts: a short drain on shutdown, and what tune.py sets for a local Ray (a Train
-# controller polling its workers every 0.5 s, not 2 s, without Prometheus metrics), so trials end sooner.
-NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **LOCAL_TRAIN_ENV}
+# controller polling its workers every 0.5 s, not 2 s, without Prometheus metrics, no preemption watcher), so
+# trials start and end sooner.
+NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **LOCAL_TRAIN_ENV,
+            # nothing preempts a test node: no preemption-watcher actor (a process) per trial
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def start_head(env: dict[str, str], num_cpus: int = 2) -> tuple[subprocess.Popen[bytes], RayCluster]:

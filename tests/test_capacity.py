@@ -140,6 +140,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.ray
 def test_a_gpu_study_on_a_cluster_that_may_add_gpu_nodes() -> None:
     """A real local Ray with 1 CPU and no GPU, and a study of 4 one-GPU workers per trial: refused on the live nodes
     alone; let through (8 at a time, the samples) with --autoscaling; sized from the launcher's config on the head

@@ -32,7 +32,8 @@ from orchestrator.space import SpecError, load_spec
 EPOCHS = 8  # the node-loss study: its second trial has most of its epochs to go (seconds each on a fast machine)
 # when its first is committed, so the node is lost mid-trial however fast the trials run
 # Smaller than --smoke-test: epochs of a few seconds, so the time goes to what is tested (placement, restarts).
-TINY = ["data.train_limit=256", "eval.max_examples=128", "arat.balance_samples=128"]
+# The objective's attack is PGD: these studies test placement and restarts, not the attack (test_objective.py).
+TINY = ["data.train_limit=256", "eval.max_examples=128", "arat.balance_samples=128", "eval.final_attack=pgd"]
 
 
 def test_placement_strategy_is_validated() -> None:
@@ -157,7 +158,7 @@ def test_ddp_spans_two_nodes_and_stopped_trials_free_their_workers(two_nodes: Tw
         "space.optim.lr={low: 0.0001, high: 0.05, log: true}"]
     args = ["--num-samples", "4", *_sets(["data.train_limit=512", "eval.max_examples=512", "arat.balance_samples=256",
                                            "optim.epochs=3", "scaling.cpus_per_worker=1", "eval.attack.eps=2",
-                                           "eval.attack.step_size=0.5", *space,
+                                           "eval.attack.step_size=0.5", "eval.final_attack=pgd", *space,
                                            "search.scheduler={type: moasha, grace_period: 1, reduction_factor: 2}"])]
     proc = subprocess.run(_submit(cluster, "spread", storage, args), env=cluster.env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
