@@ -110,11 +110,18 @@ def test_compiled_network_trains_like_the_eager_one() -> None:
     base = {"data": {"dataset": "digits", "train_limit": 256}, "model": {"name": "small_cnn", "width": 8},
             "attack": {"eps": 51, "steps": 2}, "optim": {"epochs": 1, "batch_size": 64, "lr": 0.05},
             "eval": {"attack": {"eps": 51, "steps": 2}, "max_examples": 128}}
+    import torch._inductor.config as inductor
     from torch._dynamo.utils import counters
 
-    eager = train(TrainConfig.from_dict(base))
-    graphs = counters["stats"]["unique_graphs"]
-    compiled = train(TrainConfig.from_dict({**base, "perf": {"compile": True}}))
+    # Compile in this process: a pool of compile workers (each importing torch) would only compete with the other
+    # tests for the cores.
+    threads, inductor.compile_threads = inductor.compile_threads, 1
+    try:
+        eager = train(TrainConfig.from_dict(base))
+        graphs = counters["stats"]["unique_graphs"]
+        compiled = train(TrainConfig.from_dict({**base, "perf": {"compile": True}}))
+    finally:
+        inductor.compile_threads = threads
     assert counters["stats"]["unique_graphs"] > graphs  # dynamo captured the network: it did not run eagerly
     for key in ("loss", "ce_adv", "ce_clean", "inv_loss"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4), key
