@@ -43,7 +43,8 @@ log = logging.getLogger("orchestrator.tune")
 # Ray Train settings for a local Ray, unless already set. A Train controller polls its workers every 2 s by
 # default, so a trial's end (and its next trial's start) waited up to that long; Train's Prometheus metrics feed a
 # dashboard nobody watches on a laptop. Nodes started with ``ray start`` take them from their own environment.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_METRICS_ENABLED": "0"}
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_METRICS_ENABLED": "0",
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class ClusterUnreachable(RuntimeError):
@@ -81,7 +82,6 @@ def connect(study: Study, autoscaling: bool = False) -> int:
     if not os.environ.get("RAY_ADDRESS"):
         # A local Ray is one machine that nothing preempts: Ray Train's preemption watcher (an actor per trial, and
         # an error line per trial from Ray's core about its restartable constructor) has nothing to watch.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         for key, value in LOCAL_TRAIN_ENV.items():  # before the local Ray starts: its processes inherit them
             os.environ.setdefault(key, value)
     try:
