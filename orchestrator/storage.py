@@ -23,6 +23,14 @@ def filesystem(path: str) -> tuple[Any, str]:
     return pyarrow.fs.LocalFileSystem(), path
 
 
+def storage_uri(storage: str, fs_path: str) -> str:
+    """The URI of ``fs_path`` (a path on the file system of ``storage``, as Ray reports it) under ``storage``."""
+    if "://" not in storage:
+        return fs_path
+    root = filesystem(storage)[1].rstrip("/")
+    return storage.rstrip("/") + fs_path[len(root):] if fs_path.startswith(root) else fs_path
+
+
 def exists(path: str) -> bool:
     import pyarrow.fs
 

@@ -24,20 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
 import ray.train
 import torch
 from ray import tune
-from ray.train.torch import TorchConfig, TorchTrainer, get_device
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.train.torch import TorchConfig, get_device
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from arat_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from arat_train.config import TrainConfig
 from arat_train.train import TrainingDiverged, train
 
-from .ray_internals import train_report_logger
+from .ray_internals import lean_torch_trainer, train_report_logger
 from .space import trial_config
-from .storage import exists, read_text, write_text
+from .storage import exists, read_text, storage_uri, write_text
+from .train_report import URIReportCallback
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
     if failure is not None:
         raise TrialFailed(f"{failure} (recorded by an earlier attempt; not retried)")
     cfg = trial_config(study.train, config)
-    trainer = TorchTrainer(
-        worker_loop,  # type: ignore[arg-type]  # Train V2 hands rank 0's return value on as Result.return_value
+    trainer = lean_torch_trainer()(
+        worker_loop,  # Train V2 hands rank 0's return value on as Result.return_value
         train_loop_config={"train": cfg.to_dict(), "fail": trial_index(name) in study.fail_trials,
                            "train_storage": study.train_storage},
         torch_config=TorchConfig(backend="nccl" if study.use_gpu else "gloo"),
@@ -117,36 +117,6 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
     if isinstance(outcome, dict) and outcome.get("error"):
         _write_failure(study.train_storage, run_name, outcome["error"])
         raise TrialFailed(outcome["error"])
-
-
-class URIReportCallback(TuneReportCallback):
-    """Ray's ``TuneReportCallback`` (rank 0's metrics to Tune) with ``checkpoint_path`` as a URI and ``node_ids``.
-
-    Ray puts the checkpoint's path on its filesystem there (``bucket/key`` for S3); the tracker needs a location it
-    can open, so the storage root's URI goes back in front. Every rank reports its ``node_id``; Tune gets
-    ``node_ids``, the sorted distinct Ray node ids of all ranks, comma-joined (where the DDP run ran).
-    Create it inside the Tune trial.
-    """
-
-    def __init__(self, train_storage: str) -> None:
-        super().__init__()
-        self.train_storage = train_storage
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        first = dict(metrics[0]) if metrics else {}
-        first.pop("node_id", None)
-        first["node_ids"] = ",".join(sorted({str(m["node_id"]) for m in metrics if "node_id" in m}))
-        if checkpoint is not None:
-            first[CHECKPOINT_PATH_KEY] = storage_uri(self.train_storage, str(checkpoint.path))
-        super().after_report(run_context, [first], None)
-
-
-def storage_uri(storage: str, fs_path: str) -> str:
-    """The URI of ``fs_path`` (a path on the filesystem of ``storage``, as Ray reports it) under ``storage``."""
-    if "://" not in storage:
-        return fs_path
-    root = pyarrow.fs.FileSystem.from_uri(storage)[1].rstrip("/")
-    return storage.rstrip("/") + fs_path[len(root):] if fs_path.startswith(root) else fs_path
 
 
 def _failure_path(train_storage: str, run_name: str) -> str:

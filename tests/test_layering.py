@@ -30,3 +30,10 @@ def _imported(modules: list[str]) -> set[str]:
 def test_mlflow_side_imports_neither_ray_nor_torch(module: str) -> None:
     loaded = _imported([module])
     assert not loaded & set(HEAVY), f"{module} imports {sorted(loaded & set(HEAVY))}"
+
+
+def test_the_train_controllers_callback_module_leaves_out_the_method_library() -> None:
+    # A trial's Train controller is a fresh process that imports the module of each callback it is given; the
+    # report callback's module must not make it import the method library (torch comes with Ray's TorchConfig).
+    loaded = _imported(["orchestrator.train_report"])
+    assert "ray" in loaded and not loaded & {"arat_train", "torch", "sklearn"}

@@ -37,6 +37,37 @@ def test_cluster_config_falls_back_without_the_reader(monkeypatch: pytest.Monkey
     assert autoscaler_node_types() is None
 
 
+def _callback_types(trainer_cls: type, **kwargs: object) -> list[str]:
+    import ray.train
+
+    trainer = trainer_cls(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1), **kwargs)
+    return [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+
+
+def test_lean_trainer_drops_only_the_dataset_manager_of_a_run_without_datasets() -> None:
+    from ray.train.torch import TorchTrainer
+
+    lean = ray_internals.lean_torch_trainer()
+    assert issubclass(lean, TorchTrainer) and lean is not TorchTrainer
+    full = _callback_types(TorchTrainer)
+    assert "DatasetsCallback" in full  # what Train does on this Ray: a DatasetManager actor per run
+    assert _callback_types(lean) == [name for name in full if name != "DatasetsCallback"]
+    # A run given datasets keeps Train's callbacks as they are.
+    assert _callback_types(lean, datasets={"train": lambda: None}) == _callback_types(
+        TorchTrainer, datasets={"train": lambda: None})
+
+
+def test_lean_trainer_falls_back_to_torch_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.train.torch import TorchTrainer
+
+    ray_internals.lean_torch_trainer.cache_clear()
+    monkeypatch.setitem(sys.modules, "ray.train.v2._internal.callbacks.datasets", None)  # Ray moved it
+    try:
+        assert ray_internals.lean_torch_trainer() is TorchTrainer
+    finally:
+        ray_internals.lean_torch_trainer.cache_clear()
+
+
 def _searcher(cls: type[OptunaSearch]) -> OptunaSearch:
     kwargs = {"budget_param": "optim.epochs"} if cls is BudgetOptunaSearch else {}
     searcher = cls(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric=["a", "b"],

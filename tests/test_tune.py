@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import RAY_BIN, REPO, RayCluster, run_tune
+from conftest import RAY_BIN, REPO, RayCluster, run_tune, state_api
 from conftest_mlflow import mlflow_server  # noqa: F401  (fixture)
 from mlflow import MlflowClient
 from study_checks import mlflow_runs, optuna_trials
@@ -117,6 +117,10 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
     assert "* = on the current front of finished trials" in proc.stdout
     assert re.search(r"trial\s+status\s+epoch\s+clean_acc\s+robust_acc\s+gamma\b", proc.stdout)
     assert re.search(r"\d trial\(s\) running, 2 worker\(s\) each: [\d.]+ of 2 CPUs", proc.stdout)
+
+    # Each trial was a Ray Train run, and none started Train's DatasetManager actor (the runs have no Ray Data).
+    classes = [a.get("class_name") for a in state_api(ray_cluster, "actors")]
+    assert classes.count("TrainController") >= 3 and "DatasetManager" not in classes, sorted(set(classes))
 
     study = storage / "smoke"
     frame = pd.read_parquet(study / "trials.parquet")
