@@ -10,10 +10,19 @@ Four things the study needs have no public Ray API (Ray 2.60):
   ``_ot_trials``, ``_ot_study`` and ``_completed_trials``), so that a stopped trial can be told PRUNED. Fallback:
   None, and :class:`orchestrator.searcher.BudgetOptunaSearch` hands the trial to ``OptunaSearch`` itself.
 
-* :func:`lean_torch_trainer`: a ``TorchTrainer`` whose runs start no ``DatasetManager`` actor when they are given no
-  Ray Data sets (``DataParallelTrainer._create_default_callbacks`` less its ``DatasetsCallback``). Train starts that
-  actor for every run, datasets or not: one more process per trial, importing Ray Data. Fallback: ``TorchTrainer``
-  itself.
+* :func:`lean_torch_trainer`: a ``TorchTrainer`` that starts fewer processes per run.
+
+  * No ``DatasetManager`` actor when a run is given no Ray Data sets (``DataParallelTrainer._create_default_callbacks``
+    less its ``DatasetsCallback``). Train starts that actor for every run, datasets or not, importing Ray Data.
+  * The run's ``TrainController`` runs in the calling actor (a Tune trial's) instead of a new actor of its own
+    (``DataParallelTrainer._initialize_and_run_controller``): the same controller, callbacks, worker group,
+    checkpoints and restarts, without one more process start and its imports of Ray Train and torch per trial.
+    Its class attribute ``controller_in_process`` says so, for the report callback (:mod:`orchestrator.train_report`).
+    Outside an actor (a driver script) the controller is an actor as Train makes it.
+  * Then one ``PlacementGroupCleaner`` per actor process, for all the runs it hosts (Train's
+    ``PlacementGroupCleanerCallback`` less its stop at each run's end), instead of one started and stopped per run.
+
+  Fallback, for each part on its own: what ``TorchTrainer`` does.
 
 ``tests/test_ray_internals.py`` checks that each one answers on the pinned Ray and that each fallback holds.
 """
@@ -65,24 +74,144 @@ def optuna_search_trial(searcher: Any, trial_id: str) -> tuple[Any, Any, set[str
 
 @functools.cache
 def lean_torch_trainer() -> type:
-    """``ray.train.torch.TorchTrainer``, less the per-run ``DatasetManager`` actor for a run without datasets;
-    ``TorchTrainer`` itself if this Ray builds its callbacks differently."""
+    """``ray.train.torch.TorchTrainer`` less the per-run ``DatasetManager`` of a run without datasets, with its
+    controller in the calling actor; each part as ``TorchTrainer`` has it where this Ray builds it differently
+    (``TorchTrainer`` itself if both)."""
+    from ray.train.torch import TorchTrainer
+
+    datasets_callback = _datasets_callback_class()
+    controller_cls = _train_controller_class()
+    cleaner_callback = _process_cleaner_callback()
+    if datasets_callback is None and controller_cls is None:
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        """A ``TorchTrainer`` whose run starts no ``DatasetManager`` without datasets to shard, and whose controller
+        runs in the calling actor."""
+
+        controller_in_process = controller_cls is not None
+
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = list(super()._create_default_callbacks())  # type: ignore[misc]  # a V2 method
+            if datasets_callback is not None and not getattr(self, "datasets", None):
+                callbacks = [cb for cb in callbacks if not isinstance(cb, datasets_callback)]
+            if controller_cls is not None and cleaner_callback is not None and _in_actor():
+                callbacks = [cleaner_callback() if isinstance(cb, cleaner_callback.__mro__[1]) else cb
+                             for cb in callbacks]
+            return callbacks
+
+        def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
+            if controller_cls is None or not _in_actor():
+                return super()._initialize_and_run_controller(**controller_init_kwargs)  # type: ignore[misc]
+            return run_controller_here(controller_cls, controller_init_kwargs)
+
+    return LeanTorchTrainer
+
+
+def _datasets_callback_class() -> type | None:
+    """Train's ``DatasetsCallback`` if ``DataParallelTrainer`` still builds its callbacks in
+    ``_create_default_callbacks``; None otherwise."""
     from ray.train.torch import TorchTrainer
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     except ImportError:
-        return TorchTrainer
-    if not callable(getattr(TorchTrainer, "_create_default_callbacks", None)):
-        return TorchTrainer
+        return None
+    return DatasetsCallback if callable(getattr(TorchTrainer, "_create_default_callbacks", None)) else None
 
-    class LeanTorchTrainer(TorchTrainer):
-        """A ``TorchTrainer`` whose run starts no ``DatasetManager`` when it has no datasets to shard."""
 
-        def _create_default_callbacks(self) -> list[Any]:
-            callbacks = list(super()._create_default_callbacks())  # type: ignore[misc]  # a V2 method
-            if getattr(self, "datasets", None):
-                return callbacks
-            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+def _train_controller_class() -> type | None:
+    """Train's ``TrainController`` if it is the class ``DataParallelTrainer`` starts as its controller actor with
+    the hooks :func:`run_controller_here` uses; None otherwise."""
+    try:
+        from ray.train.v2._internal.execution.controller import TrainController
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    except ImportError:
+        return None
+    needed = ("run", "get_result", "get_state", "get_worker_group")
+    if not all(callable(getattr(TrainController, name, None)) for name in needed):
+        return None
+    if not callable(getattr(DataParallelTrainer, "_initialize_and_run_controller", None)):
+        return None
+    return TrainController
 
-    return LeanTorchTrainer
+
+def _in_actor() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+@functools.cache
+def _process_cleaner_callback() -> type | None:
+    """Train's ``PlacementGroupCleanerCallback`` with one cleaner per process, for every run a reused Tune trial
+    actor hosts; None if Ray changed it.
+
+    The cleaner, a detached actor, removes a run's placement group if the controller's process dies before the run
+    ends (a placement group made by an actor outlives it until the job ends). Train starts one per run and stops it
+    at the run's end, which waits up to its 1 s check interval. With the controller in the trial actor, the process
+    it watches is the same for every run there: the first run starts it, later runs register their placement group
+    with it (the newest replaces the last, which its run removed), and it exits once the process is gone.
+    """
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return None
+    hooks = ("after_controller_start", "after_worker_group_start", "_stop_cleaner")
+    if not all(callable(getattr(PlacementGroupCleanerCallback, name, None)) for name in hooks):
+        return None
+
+    class ProcessCleanerCallback(PlacementGroupCleanerCallback):
+        shared: Any = None  # this process's cleaner actor
+
+        def after_controller_start(self, train_run_context: Any) -> None:
+            import ray
+            import ray.exceptions
+
+            cls = type(self)
+            if cls.shared is not None:
+                try:
+                    ray.get(cls.shared.start_monitoring.remote(), timeout=10)  # alive, and watching
+                    self._cleaner = cls.shared
+                    self._controller_actor_id = ray.get_runtime_context().get_actor_id()
+                    return
+                except (ray.exceptions.RayError, TimeoutError):
+                    cls.shared = None  # gone (its node, or killed): start another
+            super().after_controller_start(train_run_context)
+            cls.shared = self._cleaner
+
+        def _stop_cleaner(self) -> None:
+            self._cleaner = None  # it keeps watching this process, for the next run here
+
+    return ProcessCleanerCallback
+
+
+def run_controller_here(controller_cls: type, init_kwargs: dict[str, Any]) -> Any:
+    """Run a Train controller in this process until its run ends; its ``Result``.
+
+    Whatever stops it early (the Tune trial stopped at a report, an error out of the loop) first aborts its worker
+    group, as the controller's own abort does, but without ending this process, which Train's ``abort`` would.
+    """
+    import asyncio
+
+    controller = controller_cls(**init_kwargs)
+    try:
+        asyncio.run(controller.run())
+    except BaseException:
+        _abort_controller(controller)
+        raise
+    return controller.get_result()
+
+
+def _abort_controller(controller: Any) -> None:
+    if controller.get_state().is_terminal():
+        return
+    callbacks = getattr(controller, "_controller_callback_manager", None)
+    if callbacks is not None:  # stops the placement-group cleaner, among others
+        callbacks.invoke_best_effort("before_controller_abort")
+    worker_group = controller.get_worker_group()
+    if worker_group is not None:
+        try:
+            worker_group.abort()  # its workers, synchronisation actor and placement group
+        except Exception as err:  # noqa: BLE001  # the original exception is what the caller must see
+            log.warning("could not abort the Train worker group: %s", err)

@@ -94,7 +94,9 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
     if failure is not None:
         raise TrialFailed(f"{failure} (recorded by an earlier attempt; not retried)")
     cfg = trial_config(study.train, config)
-    trainer = lean_torch_trainer()(
+    trainer_cls = lean_torch_trainer()
+    in_process = bool(getattr(trainer_cls, "controller_in_process", False))  # the controller runs in this process
+    trainer = trainer_cls(
         worker_loop,  # Train V2 hands rank 0's return value on as Result.return_value
         train_loop_config={"train": cfg.to_dict(), "fail": trial_index(name) in study.fail_trials,
                            "train_storage": study.train_storage},
@@ -107,7 +109,7 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
             storage_path=study.train_storage,
             failure_config=ray.train.FailureConfig(max_failures=study.train_max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
-            callbacks=[URIReportCallback(study.train_storage)],  # type: ignore[list-item]  # a V2 UserCallback
+            callbacks=[URIReportCallback(study.train_storage, in_process)],  # type: ignore[list-item]  # a V2 UserCallback
             # Train's INFO lines (resources requested, worker group started, each report and checkpoint) would
             # bury Tune's status table; they stay in Train's log files under the Ray session directory.
             logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),  # type: ignore[call-arg]

@@ -4,7 +4,9 @@ runs another project's Ray: Ray Train's own placement-group cleaners cannot tell
 must give back what its stopped trials held), and its MLflow server goes away mid-study, comes back, and goes away
 for good.
 
-Kept to two small studies of the digits quick start (256 training images, 128 evaluation images).
+Kept to two small studies of the digits quick start (256 training images, 128 evaluation images). Below them, a
+trial's Ray Train controller in its Tune trial's actor, run as a script: what a stopped run and a killed trial give
+back.
 """
 
 from __future__ import annotations
@@ -348,3 +350,98 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
         assert tagged == pareto_mask(frame[["clean_acc", "robust_acc"]].to_numpy()).tolist()
     finally:
         server.stop()
+
+
+_IN_ACTOR = """
+import json, os, sys, time
+import ray, ray.train
+from ray.train.v2.api.callback import UserCallback
+from orchestrator.ray_internals import lean_torch_trainer
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+
+def loop(config):
+    ray.train.report({"worker_pid": os.getpid()})
+    open(os.path.join(config["storage"], config["name"] + ".running"), "w").close()
+    time.sleep(config["sleep"])
+    return "returned"
+
+
+class Seen(UserCallback):  # runs where the controller runs
+    def __init__(self, stop):
+        self.stop, self.pids = stop, []
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.pids.append([os.getpid(), metrics[0]["worker_pid"]])
+        if self.stop:
+            sys.exit(0)  # what Tune's report does in a trial that Tune is stopping
+
+
+@ray.remote(num_cpus=0)
+class Trial:  # a Tune trial's actor, as far as the controller can tell
+    def fit(self, storage, name, sleep, stop):
+        seen = Seen(stop)
+        trainer = lean_torch_trainer()(
+            loop, train_loop_config={"sleep": sleep, "storage": storage, "name": name},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+            run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=[seen]))
+        started = time.monotonic()
+        try:
+            value = trainer.fit().return_value
+        except SystemExit:
+            value = "stopped"
+        return {"value": value, "pid": os.getpid(), "seen": seen.pids, "s": time.monotonic() - started}
+
+
+def live_groups():
+    return sum(g["state"] != "REMOVED" for g in ray.util.placement_group_table().values())
+
+
+print(json.dumps({"job": ray.get_runtime_context().get_job_id()}), flush=True)
+trial = Trial.remote()
+print(json.dumps(ray.get(trial.fit.remote(sys.argv[2], "done", 0, False))), flush=True)
+print(json.dumps(dict(ray.get(trial.fit.remote(sys.argv[2], "stopped", 300, True)), groups=live_groups())), flush=True)
+trial.fit.remote(sys.argv[2], "killed", 300, False)
+deadline = time.monotonic() + 120
+while not os.path.exists(os.path.join(sys.argv[2], "killed.running")):  # its workers run: their group registered
+    assert time.monotonic() < deadline, "the third run never started"
+    time.sleep(0.2)
+assert live_groups() == 1
+ray.kill(trial)  # a Tune trial that is not reused is stopped this way, its run with it
+killed = time.monotonic()
+while live_groups():
+    assert time.monotonic() < deadline, "the killed trial's placement group was never removed"
+    time.sleep(0.2)
+print(json.dumps({"removed_after_s": time.monotonic() - killed}), flush=True)
+"""
+
+
+def test_a_trials_train_controller_runs_in_its_actor_and_gives_everything_back(ray_cluster: RayCluster,
+                                                                               tmp_path: Path) -> None:
+    """``lean_torch_trainer`` in an actor: the run's controller is that process, a run stopped at a report (as Tune
+    stops a trial) takes its workers and placement group down at once, a killed actor's group is removed by the
+    one placement-group cleaner that watched all of that actor's runs, and no controller actor is ever started."""
+    env = {**ray_cluster.env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([PYTHON, "-c", _IN_ACTOR, ray_cluster.gcs_address, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    job, done, stopped, killed = (json.loads(line) for line in proc.stdout.strip().splitlines()[-4:])
+
+    assert done["value"] == "returned"  # Result.return_value, as from Train's own controller
+    [[controller_pid, worker_pid]] = done["seen"]
+    assert controller_pid == done["pid"] != worker_pid  # the callbacks ran in the trial's process
+    assert stopped["value"] == "stopped" and stopped["pid"] == done["pid"]
+    assert stopped["s"] < 60 and stopped["groups"] == 0  # not the worker's 300 s: aborted, its group removed
+    assert killed["removed_after_s"] < 30
+
+    def actors() -> list[dict]:
+        return [a for a in state_api(ray_cluster, "actors") if a.get("job_id") == job["job"]]
+
+    classes = sorted(a["class_name"] for a in actors())
+    assert classes.count("RayTrainWorker") == 3 and "TrainController" not in classes, classes
+    assert classes.count("PlacementGroupCleaner") == 1, classes  # one for the actor's three runs
+    deadline = time.monotonic() + 60
+    while any(a["state"] != "DEAD" for a in actors() if a["class_name"] == "PlacementGroupCleaner"):
+        assert time.monotonic() < deadline, "the cleaner outlived the actor it watched"
+        time.sleep(1)

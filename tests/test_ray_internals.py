@@ -57,13 +57,45 @@ def test_lean_trainer_drops_only_the_dataset_manager_of_a_run_without_datasets()
         TorchTrainer, datasets={"train": lambda: None})
 
 
-def test_lean_trainer_falls_back_to_torch_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_an_actor_the_lean_trainer_hosts_its_controller_with_one_cleaner_per_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run itself, in a real actor on a real cluster, is test_faults' (what a stopped or killed trial gives back).
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    lean = ray_internals.lean_torch_trainer()
+    assert lean.controller_in_process is True
+    outside = _callback_types(lean)  # this test process is a driver, not an actor: Train's controller actor
+    assert "PlacementGroupCleanerCallback" in outside
+    monkeypatch.setattr(ray_internals, "_in_actor", lambda: True)
+    inside = _callback_types(lean)
+    assert inside == [n if n != "PlacementGroupCleanerCallback" else "ProcessCleanerCallback" for n in outside]
+    cleaner = ray_internals._process_cleaner_callback()
+    assert cleaner is not None and issubclass(cleaner, PlacementGroupCleanerCallback)
+
+
+@pytest.mark.parametrize("moved", ["datasets", "controller", "both"])
+def test_lean_trainer_falls_back_part_by_part(monkeypatch: pytest.MonkeyPatch, moved: str) -> None:
     from ray.train.torch import TorchTrainer
 
+    modules = {"datasets": ["ray.train.v2._internal.callbacks.datasets"],
+               "controller": ["ray.train.v2._internal.execution.controller"]}
+    for module in modules.get(moved, [m for names in modules.values() for m in names]):
+        monkeypatch.setitem(sys.modules, module, None)  # Ray moved it: importing it raises ImportError
+    monkeypatch.setattr(ray_internals, "_in_actor", lambda: True)
     ray_internals.lean_torch_trainer.cache_clear()
-    monkeypatch.setitem(sys.modules, "ray.train.v2._internal.callbacks.datasets", None)  # Ray moved it
     try:
-        assert ray_internals.lean_torch_trainer() is TorchTrainer
+        lean = ray_internals.lean_torch_trainer()
+        if moved == "both":
+            assert lean is TorchTrainer
+            return
+        full = _callback_types(TorchTrainer)
+        if moved == "datasets":  # Train's callbacks, its cleaner swapped; the controller still in the actor
+            assert lean.controller_in_process is True
+            assert _callback_types(lean) == [
+                n if n != "PlacementGroupCleanerCallback" else "ProcessCleanerCallback" for n in full]
+        else:  # Train's controller actor and its own cleaner; no DatasetManager still
+            assert lean.controller_in_process is False
+            assert _callback_types(lean) == [n for n in full if n != "DatasetsCallback"]
     finally:
         ray_internals.lean_torch_trainer.cache_clear()
 

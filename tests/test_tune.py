@@ -118,9 +118,12 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
     assert re.search(r"trial\s+status\s+epoch\s+clean_acc\s+robust_acc\s+gamma\b", proc.stdout)
     assert re.search(r"\d trial\(s\) running, 2 worker\(s\) each: [\d.]+ of 2 CPUs", proc.stdout)
 
-    # Each trial was a Ray Train run, and none started Train's DatasetManager actor (the runs have no Ray Data).
+    # Each trial was a Ray Train run (2 workers each) whose controller ran in the trial's own actor: no controller
+    # actor, one placement-group cleaner per trial actor rather than per run, and no DatasetManager (no Ray Data).
     classes = [a.get("class_name") for a in state_api(ray_cluster, "actors")]
-    assert classes.count("TrainController") >= 3 and "DatasetManager" not in classes, sorted(set(classes))
+    assert classes.count("RayTrainWorker") >= 6, sorted(classes)
+    assert "TrainController" not in classes and "DatasetManager" not in classes, sorted(classes)
+    assert 1 <= classes.count("PlacementGroupCleaner") <= classes.count("ImplicitFunc"), sorted(classes)
 
     study = storage / "smoke"
     frame = pd.read_parquet(study / "trials.parquet")
