@@ -32,6 +32,15 @@ def test_mlflow_side_imports_neither_ray_nor_torch(module: str) -> None:
     assert not loaded & set(HEAVY), f"{module} imports {sorted(loaded & set(HEAVY))}"
 
 
+def test_the_study_driver_leaves_torch_to_the_trials() -> None:
+    # The driver names the trainable (run_trial) and builds the study; torch and the method library load in the
+    # trials' actors and workers (and in the driver only when a front model is exported, after its trial).
+    loaded = _imported(["orchestrator.tune", "orchestrator.trainable", "orchestrator.tune_callbacks",
+                        "orchestrator.console", "orchestrator.moasha", "orchestrator.searcher"])
+    assert "ray" in loaded and not loaded & {"torch", "sklearn", "torchvision"}, sorted(loaded)
+    assert "torch" in _imported(["orchestrator.train_worker"])
+
+
 def test_the_train_controllers_callback_module_leaves_out_the_method_library() -> None:
     # A trial's Train controller is a fresh process that imports the module of each callback it is given; the
     # report callback's module must not make it import the method library (torch comes with Ray's TorchConfig).
