@@ -281,8 +281,13 @@ def test_only_the_studys_own_placement_groups_are_given_back(ray_cluster: RayClu
             h.wait(timeout=30)
 
 
+# Six: the writer notices the restarted server some seconds after it is back, and trials of the shrunk study take
+# about 10 s each; with four, all of them had started by the second stop.
+TRIALS = 6
+
+
 def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: Path) -> None:
-    """Two outages in one study of four trials, one at a time. The server is stopped while the first trial runs
+    """Two outages in one study of six trials, one at a time. The server is stopped while the first trial runs
     and started again (same port and store) once the second has started: the queued records are written while
     the study goes on. Then it is stopped for good: the next trials are still scheduled, the study finishes and
     says what was not logged; the replay command then logs it to the restarted server."""
@@ -304,7 +309,7 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
 
     try:
         with open(path, "w") as log:
-            driver = _start([PYTHON, str(REPO / "orchestrator" / "tune.py"), "--name", "outage", "--num-samples", "4",
+            driver = _start([PYTHON, str(REPO / "orchestrator" / "tune.py"), "--name", "outage", "--num-samples", str(TRIALS),
                              "--storage-path", str(storage), "--tracking-uri", server.uri,
                              *_sets([*SHRINK, "optim.epochs=2", "search.max_concurrent=1"])], env, tmp_path, log)
             _wait(lambda: path.read_text().count(STARTED) == 1 and bool(tracked()), 300, driver, path)
@@ -321,11 +326,11 @@ def test_a_study_outlives_its_mlflow_server(ray_cluster: RayCluster, tmp_path: P
         output = path.read_text()
         assert rc == 0, output[-4000:]
         # Tune went on without the server: the trials not yet started at the second stop started, and it ended.
-        assert drained_with < 4, "every trial had started before the second stop: nothing left to test"
-        assert output.count(STARTED) == 4 and output[seen_at_stop:].count(STARTED) == 4 - drained_with
+        assert drained_with < TRIALS, "every trial had started before the second stop: nothing left to test"
+        assert output.count(STARTED) == TRIALS and output[seen_at_stop:].count(STARTED) == TRIALS - drained_with
         assert down_for < 300
         frame = pd.read_parquet(study / "trials.parquet")
-        assert len(frame) == 4 and (frame["status"] == "FINISHED").all()
+        assert len(frame) == TRIALS and (frame["status"] == "FINISHED").all()
         # Said once per outage, clearly; none of urllib3's retry warnings.
         assert output.count("MLflow is unreachable") == 2 and output.count("is back after") == 1
         assert "Retrying (Retry(" not in output
