@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -97,12 +98,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = load_checkpoint(path, map_location)
-    except Exception as err:  # torch.load raises several unrelated types for a file that is not a checkpoint
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's remarks on a damaged file's "pickle protocol" say nothing more
+            ckpt = load_checkpoint(path, map_location)
+    except OSError as err:  # the file itself: permissions, I/O
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(err)}") from None
+    except Exception as err:  # bytes that are no checkpoint: torch.load raises any of a dozen unrelated types
         reason = first_line(err)
         if reason.startswith("Weights only load failed"):  # torch's advice there (weights_only=False) is unsafe
-            reason = "not a file torch.load accepts with weights_only=True (corrupt, or it holds code)"
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+            why = "corrupt, or it holds code"
+        else:  # IndexError "pop from empty list", EOFError, KeyError, UnicodeDecodeError, a broken zip ...
+            why = f"corrupt or truncated: {type(err).__name__}: {reason}" if reason != type(err).__name__ else \
+                f"corrupt or truncated: {reason}"
+        raise CheckpointError(f"cannot read checkpoint {path}: not a file torch.load accepts with weights_only=True "
+                              f"({why})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of arat_train.train (no 'config' / 'model' entries)")
     return ckpt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +26,18 @@ from orchestrator.space import SpecError, load_spec
 
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 FAST_S = 30.0  # a refusal costs the interpreter's start and imports, never the input's size
+
+
+# Files that are no checkpoint, one of each kind torch.load fails on differently (checked in the tests below). Random
+# bytes alone made the tests depend on chance: most fail torch's weights-only check, some a dozen other ways.
+DAMAGED = {
+    "random.pt": bytes(random.Random(0).getrandbits(8) for _ in range(4096)),  # "Weights only load failed"
+    "empty.pt": b"",  # EOFError, without a message
+    "stack.pt": b"\x80\x02.",  # a pickle that stops on an empty stack: IndexError "pop from empty list"
+    "memo.pt": b"h\xb1M\xdb",  # KeyError 177
+    "text.pt": b"c\x93\xd8\xe6\n",  # UnicodeDecodeError
+    "zip.pt": b"PK\x03\x04garbage",  # a broken zip archive: RuntimeError
+}
 
 
 def _billion_laughs(levels: int = 9) -> str:
@@ -176,9 +189,11 @@ def test_the_training_cli_refuses_a_resume_file_that_is_no_checkpoint_of_the_run
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"config": TrainConfig().to_dict(), "model": {"x": torch.zeros(1)}}, foreign)
-    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    for name, data in DAMAGED.items():
+        (tmp_path / name).write_bytes(data)
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    cases = {tmp_path / "missing.pt": "checkpoint not found", tmp_path / "random.pt": "not a file torch.load accepts",
+    cases = {tmp_path / "missing.pt": "checkpoint not found",
+             **{tmp_path / name: "not a file torch.load accepts with weights_only=True (corrupt" for name in DAMAGED},
              tmp_path / "list.pt": "is not a checkpoint of arat_train.train",
              foreign: "does not fit this run (another network, predictor or optimiser?)"}
     for path, message in cases.items():
@@ -225,7 +240,8 @@ def test_evaluate_refuses_damaged_checkpoints(tmp_path: Path, capsys: pytest.Cap
 
     config = TrainConfig().to_dict()
     cases = {
-        "random.pt": (lambda p: p.write_bytes(os.urandom(4096)), "not a file torch.load accepts"),
+        **{name: (lambda p, data=data: p.write_bytes(data), "not a file torch.load accepts with weights_only=True")
+           for name, data in DAMAGED.items()},
         "weights.pt": (lambda p: torch.save({"config": config, "model": {"x": torch.zeros(1)}}, p),
                        "its weights do not fit the network of its own config"),
         "config.pt": (lambda p: torch.save({"config": {**config, "optim": {"epochs": 10**9}}, "model": {}}, p),
