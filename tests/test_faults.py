@@ -6,7 +6,7 @@ for good.
 
 Kept to two small studies of the digits quick start (256 training images, 128 evaluation images). Below them, a
 trial's Ray Train controller in its Tune trial's actor, run as a script: what a stopped run and a killed trial give
-back.
+back; and the trainable on the fallback, Train's own controller actor.
 """
 
 from __future__ import annotations
@@ -450,3 +450,52 @@ def test_a_trials_train_controller_runs_in_its_actor_and_gives_everything_back(r
     while any(a["state"] != "DEAD" for a in actors() if a["class_name"] == "PlacementGroupCleaner"):
         assert time.monotonic() < deadline, "the cleaner outlived the actor it watched"
         time.sleep(1)
+
+
+_FALLBACK = """
+import json, sys
+import ray
+from ray import tune
+from orchestrator.space import load_spec
+from orchestrator.trainable import StudyContext
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+shrink = ["optim.epochs=1", "data.train_limit=128", "eval.max_examples=64", "arat.balance_samples=64",
+          "eval.final_attack=pgd"]
+spec = load_spec(sys.argv[3], shrink, num_samples=1)
+study = StudyContext(name="fallback", train=spec.train, storage_path=sys.argv[2], num_workers=1, use_gpu=False,
+                     resources_per_worker={"CPU": 1.0}, train_max_failures=0)
+
+
+def trial(config, study):
+    import ray.train.torch  # Ray Train as loaded; then its controller class is hidden from the lean trainer
+    from orchestrator import ray_internals, trainable
+    sys.modules["ray.train.v2._internal.execution.controller"] = None  # as if Ray had moved it
+    ray_internals.lean_torch_trainer.cache_clear()
+    assert ray_internals.lean_torch_trainer().controller_in_process is False
+    trainable.run_trial(config, study)
+
+
+tuner = tune.Tuner(tune.with_resources(tune.with_parameters(trial, study=study), {"CPU": 0, "memory": 1}),
+                   run_config=tune.RunConfig(name="fallback", storage_path=sys.argv[2], verbose=0))
+result = tuner.fit()[0]
+print(json.dumps({"job": ray.get_runtime_context().get_job_id(), "error": str(result.error or ""),
+                  **{k: result.metrics.get(k) for k in ("epoch", "clean_acc", "robust_acc", "checkpoint_path")}}))
+"""
+
+
+def test_without_the_in_process_controller_a_trial_reports_through_trains_own(ray_cluster: RayCluster,
+                                                                               tmp_path: Path) -> None:
+    """The fallback for a Ray that moved Train's controller class: the real trainable then runs Train's controller
+    actor, and rank 0's reports reach Tune through Tune's queue actor, checkpoint path included."""
+    env = {**ray_cluster.env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([PYTHON, "-c", _FALLBACK, ray_cluster.gcs_address, str(tmp_path),
+                           str(REPO / "search_spaces" / "quickstart.yaml")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] == "", out["error"][-3000:]
+    assert out["epoch"] == 1 and 0 <= out["robust_acc"] <= out["clean_acc"] <= 1
+    assert (Path(out["checkpoint_path"]) / "checkpoint.pt").is_file()
+    classes = [a["class_name"] for a in state_api(ray_cluster, "actors") if a.get("job_id") == out["job"]]
+    assert classes.count("TrainController") == 1 and "_QueueActor" in classes, sorted(classes)
