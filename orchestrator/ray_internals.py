@@ -207,7 +207,7 @@ def _abort_controller(controller: Any) -> None:
     if controller.get_state().is_terminal():
         return
     callbacks = getattr(controller, "_controller_callback_manager", None)
-    if callbacks is not None:  # stops the placement-group cleaner, among others
+    if callbacks is not None:  # Train's abort hooks (the preemption watcher's teardown, among others)
         callbacks.invoke_best_effort("before_controller_abort")
     worker_group = controller.get_worker_group()
     if worker_group is not None:
