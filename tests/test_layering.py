@@ -42,7 +42,8 @@ def test_the_study_driver_leaves_torch_to_the_trials() -> None:
 
 
 def test_the_train_controllers_callback_module_leaves_out_the_method_library() -> None:
-    # A trial's Train controller is a fresh process that imports the module of each callback it is given; the
-    # report callback's module must not make it import the method library (torch comes with Ray's TorchConfig).
+    # On the lean trainer's fallback a trial's Train controller is a fresh process that imports the module of each
+    # callback it is given; the report callback's module must not make it import the method library (torch comes
+    # with Ray's TorchConfig).
     loaded = _imported(["orchestrator.train_report"])
     assert "ray" in loaded and not loaded & {"arat_train", "torch", "sklearn"}
