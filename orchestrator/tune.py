@@ -23,10 +23,13 @@ if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 import argparse
+import atexit
+import contextlib
 import faulthandler
 import logging
 import signal
-from typing import Any
+import threading
+from typing import Any, NoReturn
 
 import yaml
 
@@ -209,5 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     return final_report(study)
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` once what is registered to run at exit has run (Ray's shutdown of the local cluster,
+    logging's flush), without the interpreter's module-by-module teardown: with Ray, Tune, MLflow and pandas loaded
+    that took 3 s of a study on 2 cores, for memory the OS takes back at once. A non-daemon thread still running
+    gets the normal exit, which waits for it."""
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if run_exit_handlers is None or any(t.is_alive() for t in others):
+        sys.exit(code)
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: what it was owed is lost anyway
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
