@@ -107,8 +107,12 @@ def connect(study: Study, autoscaling: bool = False) -> int:
 
 
 def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
-    """The study's Tune callbacks: the trials table, MLflow tracking from the driver (the one writer), and the
-    scheduler's state (Ray saves callbacks with the experiment, never the scheduler)."""
+    """The study's Tune callbacks: the trials table, MLflow tracking from the driver (the one writer), the
+    scheduler's state (Ray saves callbacks with the experiment, never the scheduler), and Tune's CSV and JSON
+    loggers (each trial's ``progress.csv`` and ``result.json``), which Tune adds by itself unless
+    ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` is set, as :func:`main` sets it to leave out TensorBoard's."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from orchestrator.console import LiveTable
     from orchestrator.tracking import StudyTracker, code_version
     from orchestrator.tune_callbacks import MLflowTuneCallback, StopSignalCallback, TrialsTableCallback
@@ -123,7 +127,8 @@ def make_callbacks(study: Study, scheduler: Any) -> list[Any]:
     callbacks = [StopSignalCallback(), TrialsTableCallback(study.path, study.spec.search.masking_threshold),
                  MLflowTuneCallback(tracker, study.path),
                  LiveTable(list(study.spec.space), scaling.num_workers, scaling.resources_per_worker(),
-                           masking_threshold=study.spec.search.masking_threshold)]
+                           masking_threshold=study.spec.search.masking_threshold),
+                 CSVLoggerCallback(), JsonLoggerCallback()]
     return callbacks + ([scheduler.state_callback()] if scheduler is not None else [])
 
 
@@ -177,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its INFO lines about creating a database
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter, silent at verbose=0
+    # Tune's own loggers are added by make_callbacks, less its TensorBoard one: the study's record is MLflow, and
+    # that logger imported tensorboardX and torch into the driver (1.5 s before the first trial could start).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     try:
         study = plan_study(args)  # everything is checked before Ray starts or anything is written
         if not os.environ.get("RAY_ADDRESS"):
