@@ -1,6 +1,6 @@
 """Every use of a Ray API that is not public, each behind one small function that falls back when Ray changes it.
 
-Four things the study needs have no public Ray API (Ray 2.60):
+Five things the study needs have no public Ray API (Ray 2.60):
 
 * :func:`cluster_config`: the node types an autoscaler published in the GCS (``ray._private.state``, which Ray
   Data reads the same way). Fallback: None, and :mod:`orchestrator.capacity` tries the launcher's config.
@@ -22,7 +22,14 @@ Four things the study needs have no public Ray API (Ray 2.60):
   * Then one ``PlacementGroupCleaner`` per actor process, for all the runs it hosts (Train's
     ``PlacementGroupCleanerCallback`` less its stop at each run's end), instead of one started and stopped per run.
 
+  * On a Ray without an autoscaler (:func:`started_local_ray`), no resource requests to Train's
+    ``AutoscalingCoordinator`` (``FixedScalingPolicy`` less them): the first run on a cluster starts that
+    coordinator, a detached actor, and waits for it, for requests nothing would serve there.
+
   Fallback, for each part on its own: what ``TorchTrainer`` does.
+
+* :func:`started_local_ray`: whether this process's ``ray.init`` started the Ray it is connected to
+  (``ray._private.worker._global_node``). Fallback: False, as if it had joined a cluster.
 
 ``tests/test_ray_internals.py`` checks that each one answers on the pinned Ray and that each fallback holds.
 """
@@ -73,23 +80,25 @@ def optuna_search_trial(searcher: Any, trial_id: str) -> tuple[Any, Any, set[str
 
 
 @functools.cache
-def lean_torch_trainer() -> type:
+def lean_torch_trainer(autoscaler: bool = True) -> type:
     """``ray.train.torch.TorchTrainer`` less the per-run ``DatasetManager`` of a run without datasets, with its
-    controller in the calling actor; each part as ``TorchTrainer`` has it where this Ray builds it differently
-    (``TorchTrainer`` itself if both)."""
+    controller in the calling actor, and without resource requests to an autoscaler unless ``autoscaler``; each
+    part as ``TorchTrainer`` has it where this Ray builds it differently (``TorchTrainer`` itself if all)."""
     from ray.train.torch import TorchTrainer
 
     datasets_callback = _datasets_callback_class()
     controller_cls = _train_controller_class()
     cleaner_callback = _process_cleaner_callback()
-    if datasets_callback is None and controller_cls is None:
+    local_policy = None if autoscaler else _no_autoscaler_policy()
+    if datasets_callback is None and controller_cls is None and local_policy is None:
         return TorchTrainer
 
     class LeanTorchTrainer(TorchTrainer):
-        """A ``TorchTrainer`` whose run starts no ``DatasetManager`` without datasets to shard, and whose controller
-        runs in the calling actor."""
+        """A ``TorchTrainer`` whose run starts no ``DatasetManager`` without datasets to shard, whose controller
+        runs in the calling actor, and which asks no autoscaler for resources on a Ray that has none."""
 
         controller_in_process = controller_cls is not None
+        autoscaler_requests = local_policy is None
 
         def _create_default_callbacks(self) -> list[Any]:
             callbacks = list(super()._create_default_callbacks())  # type: ignore[misc]  # a V2 method
@@ -101,11 +110,59 @@ def lean_torch_trainer() -> type:
             return callbacks
 
         def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
+            policy = controller_init_kwargs.get("scaling_policy")
+            if local_policy is not None and type(policy) is local_policy.__mro__[1]:  # Train's fixed-size policy
+                controller_init_kwargs["scaling_policy"] = local_policy(scaling_config=self.scaling_config)
             if controller_cls is None or not _in_actor():
                 return super()._initialize_and_run_controller(**controller_init_kwargs)  # type: ignore[misc]
             return run_controller_here(controller_cls, controller_init_kwargs)
 
     return LeanTorchTrainer
+
+
+def started_local_ray() -> bool:
+    """Whether ``ray.init`` in this process started the Ray it is connected to (a single machine, no autoscaler),
+    rather than joining a running cluster; False when it cannot tell."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+    except (ImportError, AttributeError):
+        return False
+    return bool(node is not None and getattr(node, "head", False) is True)
+
+
+@functools.cache
+def _no_autoscaler_policy() -> type | None:
+    """Train's ``FixedScalingPolicy`` less its requests to the ``AutoscalingCoordinator``; None if Ray changed it.
+
+    A run registers its workers' resources with that coordinator, a detached actor the first run on a cluster
+    starts (one more process, which the run waits for), and renews and cancels them, so that an autoscaler adds
+    nodes. On a Ray without an autoscaler nothing reads them.
+    """
+    try:
+        from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+    except ImportError:
+        return None
+    hooks = ("after_controller_start", "_send_resource_request", "_maybe_send_resource_request",
+             "_cancel_resource_request")
+    if not all(callable(getattr(FixedScalingPolicy, name, None)) for name in hooks):
+        return None
+
+    class NoAutoscalerScalingPolicy(FixedScalingPolicy):
+        def after_controller_start(self, train_run_context: Any) -> None:
+            pass  # Train's creates the coordinator's client and sends the run's first request
+
+        def _send_resource_request(self) -> None:
+            pass
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+        def _cancel_resource_request(self) -> None:
+            pass
+
+    return NoAutoscalerScalingPolicy
 
 
 def _datasets_callback_class() -> type | None:

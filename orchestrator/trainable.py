@@ -50,6 +50,7 @@ class StudyContext:
     train_max_failures: int
     fail_trials: tuple[int, ...] = ()
     placement_strategy: str = "PACK"  # of the trial's workers over nodes (ray.train.ScalingConfig)
+    autoscaler: bool = True  # False on the single-machine Ray the driver started: no autoscaler to ask for nodes
 
     @property
     def train_storage(self) -> str:
@@ -82,7 +83,7 @@ def run_trial(config: dict[str, Any], study: StudyContext) -> None:
 
     from .train_worker import worker_loop
 
-    trainer_cls = lean_torch_trainer()
+    trainer_cls = lean_torch_trainer(autoscaler=study.autoscaler)
     in_process = bool(getattr(trainer_cls, "controller_in_process", False))  # the controller runs in this process
     trainer = trainer_cls(
         worker_loop,  # Train V2 hands rank 0's return value on as Result.return_value

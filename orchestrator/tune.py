@@ -137,6 +137,7 @@ def build_tuner(study: Study, concurrency: int) -> Any:
     from ray import tune
 
     from orchestrator.moasha import study_scheduler
+    from orchestrator.ray_internals import started_local_ray
     from orchestrator.searcher import study_searcher
     from orchestrator.trainable import StudyContext, run_trial, trial_name
 
@@ -145,7 +146,8 @@ def build_tuner(study: Study, concurrency: int) -> Any:
                            num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                            resources_per_worker=spec.scaling.resources_per_worker(),
                            train_max_failures=spec.failure.train_max_failures, fail_trials=spec.debug.fail_trials,
-                           placement_strategy=spec.scaling.placement_strategy)
+                           placement_strategy=spec.scaling.placement_strategy,
+                           autoscaler=not started_local_ray())
     # The trial function only waits on its TorchTrainer, whose workers hold the CPUs/GPUs, and Tune refuses a
     # trial that asks for nothing: a token of memory (1 byte) and no CPU, so a trial's driver never takes a CPU
     # its workers need. Concurrency is capped by max_concurrent_trials, derived from the cluster's resources.

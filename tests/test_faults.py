@@ -361,9 +361,17 @@ _IN_ACTOR = """
 import json, os, sys, time
 import ray, ray.train
 from ray.train.v2.api.callback import UserCallback
-from orchestrator.ray_internals import lean_torch_trainer
+from orchestrator.ray_internals import lean_torch_trainer, started_local_ray
 
 ray.init(address=sys.argv[1], log_to_driver=False)
+COORDINATOR = {"name": "AutoscalingCoordinator", "namespace": "AutoscalingCoordinator"}  # Train's, detached
+
+
+def coordinator():
+    try:
+        return ray.get_actor(**COORDINATOR)
+    except ValueError:
+        return None
 
 
 def loop(config):
@@ -385,9 +393,9 @@ class Seen(UserCallback):  # runs where the controller runs
 
 @ray.remote(num_cpus=0)
 class Trial:  # a Tune trial's actor, as far as the controller can tell
-    def fit(self, storage, name, sleep, stop):
+    def fit(self, storage, name, sleep, stop, autoscaler=False):
         seen = Seen(stop)
-        trainer = lean_torch_trainer()(
+        trainer = lean_torch_trainer(autoscaler=autoscaler)(
             loop, train_loop_config={"sleep": sleep, "storage": storage, "name": name},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=[seen]))
@@ -403,10 +411,16 @@ def live_groups():
     return sum(g["state"] != "REMOVED" for g in ray.util.placement_group_table().values())
 
 
-print(json.dumps({"job": ray.get_runtime_context().get_job_id()}), flush=True)
+if coordinator() is not None:  # an earlier study on this cluster started it
+    ray.kill(coordinator(), no_restart=True)
+    while coordinator() is not None:
+        time.sleep(0.2)
+print(json.dumps({"job": ray.get_runtime_context().get_job_id(), "started_local_ray": started_local_ray()}), flush=True)
 trial = Trial.remote()
-print(json.dumps(ray.get(trial.fit.remote(sys.argv[2], "done", 0, False))), flush=True)
-print(json.dumps(dict(ray.get(trial.fit.remote(sys.argv[2], "stopped", 300, True)), groups=live_groups())), flush=True)
+done = ray.get(trial.fit.remote(sys.argv[2], "done", 0, False))
+print(json.dumps(dict(done, coordinator=coordinator() is not None)), flush=True)
+stopped = ray.get(trial.fit.remote(sys.argv[2], "stopped", 300, True, True))
+print(json.dumps(dict(stopped, groups=live_groups(), coordinator=coordinator() is not None)), flush=True)
 trial.fit.remote(sys.argv[2], "killed", 300, False)
 deadline = time.monotonic() + 120
 while not os.path.exists(os.path.join(sys.argv[2], "killed.running")):  # its workers run: their group registered
@@ -426,13 +440,18 @@ def test_a_trials_train_controller_runs_in_its_actor_and_gives_everything_back(r
                                                                                tmp_path: Path) -> None:
     """``lean_torch_trainer`` in an actor: the run's controller is that process, a run stopped at a report (as Tune
     stops a trial) takes its workers and placement group down at once, a killed actor's group is removed by the
-    one placement-group cleaner that watched all of that actor's runs, and no controller actor is ever started."""
+    one placement-group cleaner that watched all of that actor's runs, and no controller actor is ever started;
+    without an autoscaler, no AutoscalingCoordinator either."""
     env = {**ray_cluster.env, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([PYTHON, "-c", _IN_ACTOR, ray_cluster.gcs_address, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     job, done, stopped, killed = (json.loads(line) for line in proc.stdout.strip().splitlines()[-4:])
 
+    assert job["started_local_ray"] is False  # it joined this cluster
+    # Train's AutoscalingCoordinator (killed first if an earlier study started it): a run told there is no
+    # autoscaler does not start it; one that may have one (a joined cluster) does, as Train does.
+    assert done["coordinator"] is False and stopped["coordinator"] is True
     assert done["value"] == "returned"  # Result.return_value, as from Train's own controller
     [[controller_pid, worker_pid]] = done["seen"]
     assert controller_pid == done["pid"] != worker_pid  # the callbacks ran in the trial's process

@@ -100,6 +100,52 @@ def test_lean_trainer_falls_back_part_by_part(monkeypatch: pytest.MonkeyPatch, m
         ray_internals.lean_torch_trainer.cache_clear()
 
 
+def test_without_an_autoscaler_the_lean_trainer_sends_no_resource_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the run then starts (no AutoscalingCoordinator actor) is test_faults', on a real cluster.
+    import ray.train
+    from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+
+    assert ray_internals.lean_torch_trainer().autoscaler_requests is True
+    lean = ray_internals.lean_torch_trainer(autoscaler=False)
+    assert lean.autoscaler_requests is False
+    policy_cls = ray_internals._no_autoscaler_policy()
+    assert policy_cls is not None and policy_cls.__mro__[1] is FixedScalingPolicy
+    # The swap happens where Train hands the controller its policy; the controller itself is not started here.
+    handed: dict[str, object] = {}
+    monkeypatch.setattr(ray_internals, "_in_actor", lambda: True)
+    monkeypatch.setattr(ray_internals, "run_controller_here", lambda cls, kwargs: handed.update(kwargs))
+    config = ray.train.ScalingConfig(num_workers=2)
+    lean(lambda: None, scaling_config=config)._initialize_and_run_controller(
+        scaling_policy=FixedScalingPolicy(config))
+    policy = handed["scaling_policy"]
+    assert type(policy) is policy_cls and policy.scaling_config is config
+    # Every hook that would reach the coordinator is inert: none creates its client, which all of Train's need.
+    policy.after_controller_start(None)
+    policy._maybe_send_resource_request()
+    policy._cancel_resource_request()
+    assert policy._coordinator_client is None
+    assert policy.make_decision_for_non_running_worker_group().num_workers == 2
+
+
+def test_the_no_autoscaler_policy_falls_back_when_ray_moves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray.train.v2._internal.execution.scaling_policy.fixed", None)
+    ray_internals._no_autoscaler_policy.cache_clear()
+    ray_internals.lean_torch_trainer.cache_clear()
+    try:
+        assert ray_internals._no_autoscaler_policy() is None
+        assert ray_internals.lean_torch_trainer(autoscaler=False).autoscaler_requests is True  # Train's requests
+    finally:
+        ray_internals._no_autoscaler_policy.cache_clear()
+        ray_internals.lean_torch_trainer.cache_clear()
+
+
+def test_started_local_ray_is_false_without_ray_and_without_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    # True and False on a real Ray: test_faults (a joined cluster); tune.py's own local Ray starts only in its study.
+    assert ray_internals.started_local_ray() is False  # this process never called ray.init
+    monkeypatch.setitem(sys.modules, "ray._private.worker", None)
+    assert ray_internals.started_local_ray() is False
+
+
 def _searcher(cls: type[OptunaSearch]) -> OptunaSearch:
     kwargs = {"budget_param": "optim.epochs"} if cls is BudgetOptunaSearch else {}
     searcher = cls(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric=["a", "b"],
