@@ -43,12 +43,14 @@ from orchestrator.summary import EXIT_INTERRUPTED, final_report
 
 log = logging.getLogger("orchestrator.tune")
 
-# Ray Train settings for a local Ray, unless already set. A Train controller polls its workers every 2 s by
-# default, so a trial's end (and its next trial's start) waited up to that long; every 0.2 s, a poll is a
-# millisecond's RPC per worker. Train's Prometheus metrics feed a dashboard nobody watches on a laptop. Nodes
-# started with ``ray start`` take them from their own environment.
+# Ray settings for a local Ray, unless already set. A Train controller polls its workers every 2 s by default, so
+# a trial's end (and its next trial's start) waited up to that long; every 0.2 s, a poll is a millisecond's RPC per
+# worker. Train's Prometheus metrics feed a dashboard nobody watches on a laptop. Ray starts one idle worker process
+# per CPU when the driver connects, for tasks; a study runs only actors, each with Tune's or Train's environment
+# variables, which such a worker cannot take: they only competed with the study's start for the cores. Nodes
+# started with ``ray start`` take these from their own environment.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_METRICS_ENABLED": "0",
-                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_prestart_worker_first_driver": "0"}
 
 
 class ClusterUnreachable(RuntimeError):

@@ -156,8 +156,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # Set on every node a test starts: a short drain on shutdown, and what tune.py sets for a local Ray (a Train
-# controller polling its workers every 0.2 s, not 2 s, without Prometheus metrics, no preemption watcher), so
-# trials start and end sooner.
+# controller polling its workers every 0.2 s, not 2 s, without Prometheus metrics, no preemption watcher, no idle
+# worker processes started for tasks), so trials start and end sooner.
 NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **LOCAL_TRAIN_ENV}
 
 
