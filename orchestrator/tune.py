@@ -49,7 +49,7 @@ log = logging.getLogger("orchestrator.tune")
 # per CPU when the driver connects, for tasks; a study runs only actors, each with Tune's or Train's environment
 # variables, which such a worker cannot take: they only competed with the study's start for the cores. Nodes
 # started with ``ray start`` take these from their own environment.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_METRICS_ENABLED": "0",
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_METRICS_ENABLED": "0",
                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_prestart_worker_first_driver": "0"}
 
 
@@ -88,7 +88,7 @@ def connect(study: Study, autoscaling: bool = False) -> int:
     if not os.environ.get("RAY_ADDRESS"):
         # A local Ray is one machine that nothing preempts: Ray Train's preemption watcher (an actor per trial, and
         # an error line per trial from Ray's core about its restartable constructor) has nothing to watch.
-        for key, value in LOCAL_TRAIN_ENV.items():  # before the local Ray starts: its processes inherit them
+        for key, value in LOCAL_RAY_ENV.items():  # before the local Ray starts: its processes inherit them
             os.environ.setdefault(key, value)
     try:
         # A local Ray keeps its dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the State API,
@@ -230,8 +230,8 @@ def exit_now(code: int) -> NoReturn:
     that took 3 s of a study on 2 cores, for memory the OS takes back at once. A non-daemon thread still running
     gets the normal exit, which waits for it."""
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if run_exit_handlers is None or any(t.is_alive() for t in others):
+    working = any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread())
+    if run_exit_handlers is None or working:
         sys.exit(code)
     run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.tune import LOCAL_TRAIN_ENV
+from orchestrator.tune import LOCAL_RAY_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -158,7 +158,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 # Set on every node a test starts: a short drain on shutdown, and what tune.py sets for a local Ray (a Train
 # controller polling its workers every 0.2 s, not 2 s, without Prometheus metrics, no preemption watcher, no idle
 # worker processes started for tasks), so trials start and end sooner.
-NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **LOCAL_TRAIN_ENV}
+NODE_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", **LOCAL_RAY_ENV}
 
 
 def start_head(env: dict[str, str], num_cpus: int = 2) -> tuple[subprocess.Popen[bytes], RayCluster]:

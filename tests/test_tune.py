@@ -127,10 +127,10 @@ def test_submitted_smoke_study(ray_cluster: RayCluster, tmp_path: Path, mlflow_s
 
     study = storage / "smoke"
     frame = pd.read_parquet(study / "trials.parquet")
-    trial_dirs = {p.name.split("_", 1)[1] for p in study.glob("t0*_*") if p.is_dir()}
-    assert len(frame) == 3 and set(frame["trial_id"]) == trial_dirs
+    trial_dirs = [p for p in study.glob("t0*_*") if p.is_dir()]
+    assert len(frame) == 3 and set(frame["trial_id"]) == {p.name.split("_", 1)[1] for p in trial_dirs}
     # Tune's CSV and JSON logs in each trial's directory, and not its TensorBoard one (MLflow is the record).
-    for trial_dir in (p for p in study.glob("t0*_*") if p.is_dir()):
+    for trial_dir in trial_dirs:
         assert (trial_dir / "result.json").is_file() and (trial_dir / "progress.csv").is_file()
         assert not list(trial_dir.glob("events.out.tfevents*")), sorted(trial_dir.iterdir())
     for col in ("trial_id", "status", "error", "clean_acc", "robust_acc", "checkpoint_path", "pareto",
